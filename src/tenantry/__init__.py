@@ -1,0 +1,75 @@
+"""tenantry: tenant-isolated persistence and a transactional SQL job queue."""
+
+from __future__ import annotations
+
+from tenantry.catalog import IsolationMode, Tenant, TenantStatus
+from tenantry.config import StoreConfig, TenantryConfig, load_config
+from tenantry.context import (
+    TenantThreadPoolExecutor,
+    bind_context,
+    current_tenant,
+    current_tenant_or_none,
+    no_tenant,
+    run_in_context,
+    tenant_context,
+)
+from tenantry.core import Tenantry
+from tenantry.errors import (
+    ConfigError,
+    CrossTenantAccessError,
+    InvalidTenantId,
+    StoreNotFoundError,
+    TenantExistsError,
+    TenantNotFoundError,
+    TenantNotSetError,
+    TenantryError,
+    TenantStateError,
+    TenantSuspendedError,
+    TenantUnavailableError,
+    UnsupportedIsolation,
+)
+from tenantry.ids import validate_tenant_id
+from tenantry.logs import TenantContextFilter
+from tenantry.models import GlobalBase, TenantBase, TenantScoped, global_metadata, tenant_metadata
+from tenantry.session import ALL_TENANTS, TenantSession
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALL_TENANTS",
+    "ConfigError",
+    "CrossTenantAccessError",
+    "GlobalBase",
+    "InvalidTenantId",
+    "IsolationMode",
+    "StoreConfig",
+    "StoreNotFoundError",
+    "Tenant",
+    "TenantBase",
+    "TenantContextFilter",
+    "TenantExistsError",
+    "TenantNotFoundError",
+    "TenantNotSetError",
+    "TenantScoped",
+    "TenantSession",
+    "TenantStateError",
+    "TenantStatus",
+    "TenantSuspendedError",
+    "TenantThreadPoolExecutor",
+    "TenantUnavailableError",
+    "Tenantry",
+    "TenantryConfig",
+    "TenantryError",
+    "UnsupportedIsolation",
+    "__version__",
+    "bind_context",
+    "current_tenant",
+    "current_tenant_or_none",
+    "global_metadata",
+    "load_config",
+    "no_tenant",
+    "run_in_context",
+    "tenant_context",
+    "tenant_metadata",
+    "validate_tenant_id",
+]

@@ -1,0 +1,270 @@
+"""The tenant catalog: which tenants exist, where they live, in what state.
+
+The catalog is a table in the catalog store's database (``tenantry.tenants`` on
+PostgreSQL). Every tenant-bound session looks its tenant up here, so reads go
+through an in-process cache: entries expire after ``ttl`` seconds (the bound on
+how stale another process's change can look) and local writes invalidate them
+at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Engine,
+    MetaData,
+    String,
+    Table,
+    delete,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import IntegrityError
+
+from tenantry.errors import TenantExistsError, TenantNotFoundError, TenantryError, TenantStateError
+from tenantry.ids import validate_tenant_id
+from tenantry.models import TENANTRY_SCHEMA
+
+
+class TenantStatus(StrEnum):
+    PROVISIONING = "provisioning"
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    DELETING = "deleting"
+
+
+class IsolationMode(StrEnum):
+    SHARED = "shared"
+    SCHEMA = "schema"
+    DATABASE = "database"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: str
+    name: str
+    status: TenantStatus
+    isolation: IsolationMode
+    store: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime = field(default_factory=_now)
+    updated_at: datetime = field(default_factory=_now)
+
+    @property
+    def is_active(self) -> bool:
+        return self.status is TenantStatus.ACTIVE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "status": self.status.value,
+            "isolation": self.isolation.value,
+            "store": self.store,
+            "settings": self.settings,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+catalog_metadata = MetaData(schema=TENANTRY_SCHEMA)
+
+tenants_table = Table(
+    "tenants",
+    catalog_metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("isolation", String(20), nullable=False),
+    Column("store", String(40), nullable=False),
+    Column("settings", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+_UPDATABLE = frozenset({"name", "status", "settings", "isolation", "store"})
+
+
+def _as_aware(value: datetime) -> datetime:
+    # SQLite returns naive datetimes; everything tenantry stores is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _row_to_tenant(row: RowMapping) -> Tenant:
+    return Tenant(
+        id=row["id"],
+        name=row["name"],
+        status=TenantStatus(row["status"]),
+        isolation=IsolationMode(row["isolation"]),
+        store=row["store"],
+        settings=dict(row["settings"] or {}),
+        created_at=_as_aware(row["created_at"]),
+        updated_at=_as_aware(row["updated_at"]),
+    )
+
+
+class Catalog:
+    """CRUD over the tenants table, with a TTL cache for lookups."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        ttl: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.ttl = ttl
+        self._clock = clock
+        self._cache: dict[str, tuple[float, Tenant]] = {}
+        self._lock = threading.Lock()
+        self._ready = False
+
+    def ensure_schema(self) -> None:
+        if self._ready:
+            return
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {TENANTRY_SCHEMA}")
+            catalog_metadata.create_all(conn, checkfirst=True)
+        self._ready = True
+
+    # -- cache --------------------------------------------------------------
+    def invalidate(self, tenant_id: str | None = None) -> None:
+        with self._lock:
+            if tenant_id is None:
+                self._cache.clear()
+            else:
+                self._cache.pop(tenant_id, None)
+
+    def _remember(self, tenant: Tenant) -> Tenant:
+        with self._lock:
+            self._cache[tenant.id] = (self._clock() + self.ttl, tenant)
+        return tenant
+
+    # -- reads --------------------------------------------------------------
+    def get_cached(self, tenant_id: str) -> Tenant | None:
+        """The cached entry if it is still fresh; never touches the database."""
+        validate_tenant_id(tenant_id)
+        with self._lock:
+            hit = self._cache.get(tenant_id)
+        return hit[1] if hit is not None and hit[0] > self._clock() else None
+
+    def get(self, tenant_id: str, *, cached: bool = True) -> Tenant:
+        if cached:
+            hit = self.get_cached(tenant_id)
+            if hit is not None:
+                return hit
+        found = self.find(tenant_id)
+        if found is None:
+            self.invalidate(tenant_id)
+            raise TenantNotFoundError(f"tenant {tenant_id!r} does not exist")
+        return self._remember(found)
+
+    def find(self, tenant_id: str) -> Tenant | None:
+        """Uncached lookup that returns ``None`` for an unknown tenant."""
+        validate_tenant_id(tenant_id)
+        self.ensure_schema()
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(select(tenants_table).where(tenants_table.c.id == tenant_id))
+                .mappings()
+                .first()
+            )
+        return None if row is None else _row_to_tenant(row)
+
+    def list(
+        self,
+        *,
+        status: TenantStatus | None = None,
+        store: str | None = None,
+        isolation: IsolationMode | None = None,
+    ) -> list[Tenant]:
+        self.ensure_schema()
+        query = select(tenants_table).order_by(tenants_table.c.id)
+        if status is not None:
+            query = query.where(tenants_table.c.status == TenantStatus(status).value)
+        if store is not None:
+            query = query.where(tenants_table.c.store == store)
+        if isolation is not None:
+            query = query.where(tenants_table.c.isolation == IsolationMode(isolation).value)
+        with self.engine.connect() as conn:
+            return [_row_to_tenant(r) for r in conn.execute(query).mappings()]
+
+    # -- writes ---------------------------------------------------------------
+    def insert(self, tenant: Tenant) -> Tenant:
+        self.ensure_schema()
+        values = tenant.to_dict()
+        values.update(created_at=tenant.created_at, updated_at=tenant.updated_at)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(tenants_table).values(**values))
+        except IntegrityError as exc:
+            raise TenantExistsError(f"tenant {tenant.id!r} already exists") from exc
+        self.invalidate(tenant.id)
+        return tenant
+
+    def update(
+        self, tenant_id: str, *, expect: Sequence[TenantStatus] = (), **changes: Any
+    ) -> Tenant:
+        """Change fields; with *expect*, only while the status is one of those.
+
+        The status check is part of the UPDATE's WHERE clause, so two processes
+        racing to suspend/resume/delete cannot both win from the same state.
+        """
+        bad = set(changes) - _UPDATABLE
+        if bad:
+            raise TenantryError(f"cannot update tenant fields: {', '.join(sorted(bad))}")
+        current = self.get(tenant_id, cached=False)
+        values: dict[str, Any] = {}
+        for key, value in changes.items():
+            if key == "status":
+                value = TenantStatus(value)
+            elif key == "isolation":
+                value = IsolationMode(value)
+            elif key == "settings":
+                value = dict(value)
+            values[key] = value
+        updated = replace(current, **values, updated_at=_now())
+        stored = {k: (v.value if isinstance(v, StrEnum) else v) for k, v in values.items()}
+        query = update(tenants_table).where(tenants_table.c.id == tenant_id)
+        if expect:
+            query = query.where(tenants_table.c.status.in_([TenantStatus(s).value for s in expect]))
+        with self.engine.begin() as conn:
+            result = conn.execute(query.values(**stored, updated_at=updated.updated_at))
+        self.invalidate(tenant_id)
+        if result.rowcount == 0:
+            latest = self.get(tenant_id, cached=False)  # raises TenantNotFoundError if gone
+            allowed = ", ".join(TenantStatus(s).value for s in expect)
+            raise TenantStateError(
+                f"tenant {tenant_id!r} is {latest.status.value}; expected one of: {allowed}"
+            )
+        return updated
+
+    def set_status(
+        self, tenant_id: str, status: TenantStatus, *, expect: Sequence[TenantStatus] = ()
+    ) -> Tenant:
+        """Move a tenant to *status*, optionally only from one of the *expect* states."""
+        return self.update(tenant_id, expect=expect, status=status)
+
+    def delete(self, tenant_id: str) -> None:
+        validate_tenant_id(tenant_id)
+        with self.engine.begin() as conn:
+            conn.execute(delete(tenants_table).where(tenants_table.c.id == tenant_id))
+        self.invalidate(tenant_id)

@@ -1,0 +1,67 @@
+"""One error hierarchy, rooted in :class:`TenantryError`.
+
+Callers can catch ``TenantryError`` to handle everything tenantry raises, or a
+leaf class for one situation. A class's docstring is its default message, so a
+bare ``raise TenantNotSetError()`` still explains what went wrong.
+"""
+
+from __future__ import annotations
+
+
+class TenantryError(Exception):
+    """A tenantry operation failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigError(TenantryError):
+    """The tenantry configuration is invalid."""
+
+
+class StoreNotFoundError(ConfigError):
+    """No store with that name is configured."""
+
+
+class TenantNotSetError(TenantryError):
+    """No tenant is set in the current context.
+
+    Wrap the work in ``with tenant_context("acme"):`` (or let the web middleware
+    or the worker set it). tenantry never falls back to a default tenant.
+    """
+
+
+class InvalidTenantId(TenantryError, ValueError):
+    """The tenant id is not valid: it must match ^[a-z][a-z0-9_]{0,39}$."""
+
+
+class TenantNotFoundError(TenantryError, LookupError):
+    """No tenant with that id is in the catalog."""
+
+
+class TenantExistsError(TenantryError):
+    """A tenant with that id already exists."""
+
+
+class TenantUnavailableError(TenantryError):
+    """The tenant exists but cannot be served in its current status."""
+
+
+class TenantSuspendedError(TenantUnavailableError):
+    """The tenant is suspended; its data cannot be opened until it is resumed."""
+
+
+class UnsupportedIsolation(TenantryError):
+    """The store's database does not support this isolation mode."""
+
+
+class CrossTenantAccessError(TenantryError):
+    """An operation tried to read or write another tenant's rows."""
+
+
+class InvalidIdentifierError(TenantryError, ValueError):
+    """An SQL identifier built by tenantry is not valid."""
+
+
+class TenantStateError(TenantryError):
+    """The tenant is not in a status that allows this operation."""

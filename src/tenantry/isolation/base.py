@@ -1,0 +1,40 @@
+"""The narrow protocol every isolation mode implements.
+
+Everything mode-specific lives behind it: where a tenant's tables are, how a
+session is pointed at them, what runs at the start of each transaction, and
+how the tenant's storage is created and dropped. The rest of tenantry never
+asks "which mode is this?".
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from sqlalchemy import Engine, MetaData
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tenantry.catalog import IsolationMode
+from tenantry.stores import Store
+
+
+class IsolationStrategy(Protocol):
+    mode: IsolationMode
+    #: Whether ORM statements must be filtered by ``tenant_id`` (shared tables).
+    filters_rows: bool
+
+    def check_supported(self, store: Store) -> None:
+        """Raise :class:`~tenantry.errors.UnsupportedIsolation` if *store* cannot host it."""
+
+    def engine(self, store: Store, tenant_id: str) -> Engine:
+        """The (sync) engine whose connections reach the tenant's tables."""
+
+    def async_engine(self, store: Store, tenant_id: str) -> AsyncEngine: ...
+
+    def transaction_setup(self, store: Store, tenant_id: str) -> tuple[str, dict[str, Any]] | None:
+        """SQL run at the start of every transaction of a tenant session (or None)."""
+
+    def provision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
+        """Create the tenant's storage and tables; must be idempotent."""
+
+    def deprovision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
+        """Drop the tenant's data; must be idempotent."""

@@ -1,0 +1,78 @@
+"""Database per tenant: a PostgreSQL database on the store's server, or a SQLite file.
+
+The strongest isolation and the easiest to back up or move, at the price of a
+connection pool per tenant; the store keeps those pools in a bounded LRU.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, MetaData, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tenantry.catalog import IsolationMode
+from tenantry.isolation import postgres as pg
+from tenantry.models import TENANTRY_SCHEMA
+from tenantry.stores import Store
+
+
+class DatabaseIsolation:
+    mode = IsolationMode.DATABASE
+    filters_rows = False
+
+    def check_supported(self, store: Store) -> None:
+        store.tenant_database_name("check")  # raises for in-memory SQLite
+
+    def engine(self, store: Store, tenant_id: str) -> Engine:
+        return store.tenant_engine(tenant_id)
+
+    def async_engine(self, store: Store, tenant_id: str) -> AsyncEngine:
+        return store.tenant_async_engine(tenant_id)
+
+    def transaction_setup(self, store: Store, tenant_id: str) -> tuple[str, dict[str, Any]] | None:
+        if not store.is_postgres:
+            return None
+        return pg.session_setup(tenant_id, store.config.rls_role, "public")
+
+    def provision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
+        name = store.tenant_database_name(tenant_id)
+        if store.is_postgres:
+            self._create_pg_database(store, name)
+        engine = store.tenant_admin_engine(tenant_id)
+        try:
+            with engine.begin() as conn:
+                if store.is_postgres:
+                    conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {TENANTRY_SCHEMA}")
+                metadata.create_all(conn, checkfirst=True)
+                role = store.config.rls_role
+                if store.is_postgres and role:
+                    pg.ensure_role(conn, role, store.distinct_app_user)
+                    pg.grant_schema(conn, "public", role)
+        finally:
+            engine.dispose()
+
+    def _create_pg_database(self, store: Store, name: str) -> None:
+        # CREATE DATABASE cannot run in a transaction block, hence AUTOCOMMIT.
+        engine = store.admin_engine().execution_options(isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            exists = conn.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+            ).first()
+            if exists is None:
+                conn.exec_driver_sql(f"CREATE DATABASE {pg.quote(conn, name)}")
+
+    def deprovision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
+        name = store.tenant_database_name(tenant_id)
+        store.forget_tenant_engines(tenant_id)
+        if store.is_postgres:
+            engine = store.admin_engine().execution_options(isolation_level="AUTOCOMMIT")
+            with engine.connect() as conn:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {pg.quote(conn, name)} WITH (FORCE)")
+            return
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            path = Path(name + suffix)
+            if path.exists():
+                os.remove(path)

@@ -1,0 +1,100 @@
+"""PostgreSQL DDL shared by the isolation modes: roles, grants and RLS policies.
+
+Every identifier is validated by tenantry and then quoted by the dialect's
+identifier preparer; values (the tenant id, role names for set_config) are
+always bound parameters.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, MetaData, Table, text
+
+from tenantry.errors import InvalidIdentifierError
+from tenantry.ids import validate_identifier
+from tenantry.models import TENANT_ID_COLUMN, is_tenant_table
+
+TENANT_GUC = "tenantry.tenant_id"
+POLICY_NAME = "tenantry_tenant_isolation"
+
+
+def quote(conn: Connection, identifier: str) -> str:
+    return conn.dialect.identifier_preparer.quote_identifier(identifier)
+
+
+def ensure_role(conn: Connection, role: str, app_user: str | None = None) -> None:
+    """Create the NOLOGIN, NOBYPASSRLS role sessions switch to, if missing.
+
+    Roles are cluster-wide and CREATE ROLE has no IF NOT EXISTS, so concurrent
+    provisioning (or parallel test runs) may race; the DO block swallows the
+    duplicate.
+    """
+    validate_identifier(role, "role")
+    q = quote(conn, role)
+    conn.exec_driver_sql(
+        "DO $$ BEGIN "
+        f"CREATE ROLE {q} NOLOGIN NOSUPERUSER NOBYPASSRLS NOINHERIT; "
+        "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+    )
+    # The application login (if not the admin) must be allowed to SET ROLE to it.
+    user = conn.execute(text("SELECT current_user")).scalar_one()
+    if app_user and app_user != user:
+        conn.exec_driver_sql(f"GRANT {q} TO {quote(conn, _checked_name(app_user))}")
+
+
+def grant_schema(conn: Connection, schema: str, role: str) -> None:
+    s, r = quote(conn, validate_identifier(schema, "schema")), quote(conn, role)
+    conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA {s} TO {r}")
+    conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {s} TO {r}")
+    conn.exec_driver_sql(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {s} TO {r}")
+
+
+def enable_rls(conn: Connection, metadata: MetaData, schema: str | None) -> None:
+    """Row-level security on every tenant table: the second wall in shared mode.
+
+    FORCE makes the policy apply to the table owner too; only superusers and
+    BYPASSRLS roles skip it, and tenant sessions run as a role that is neither.
+    ``current_setting(..., true)`` is NULL when no tenant is set, and
+    ``tenant_id = NULL`` is never true: no tenant, no rows.
+    """
+    for table in metadata.sorted_tables:
+        if not is_tenant_table(table) or TENANT_ID_COLUMN not in table.c:
+            continue
+        name = _qualified(conn, table, schema)
+        conn.exec_driver_sql(f"ALTER TABLE {name} ENABLE ROW LEVEL SECURITY")
+        conn.exec_driver_sql(f"ALTER TABLE {name} FORCE ROW LEVEL SECURITY")
+        conn.exec_driver_sql(f"DROP POLICY IF EXISTS {POLICY_NAME} ON {name}")
+        col = quote(conn, TENANT_ID_COLUMN)
+        predicate = f"{col} = current_setting('{TENANT_GUC}', true)"
+        conn.exec_driver_sql(
+            f"CREATE POLICY {POLICY_NAME} ON {name} USING ({predicate}) WITH CHECK ({predicate})"
+        )
+
+
+def _checked_name(name: str) -> str:
+    """Names the application chose (tables, login roles): quoted, but sane first."""
+    if not name or len(name) > 63 or "\x00" in name:
+        raise InvalidIdentifierError(f"invalid SQL name {name!r}")
+    return name
+
+
+def _qualified(conn: Connection, table: Table, schema: str | None) -> str:
+    name = quote(conn, _checked_name(table.name))
+    return f"{quote(conn, schema)}.{name}" if schema else name
+
+
+def session_setup(tenant_id: str, role: str, search_path: str) -> tuple[str, dict[str, str]]:
+    """One round trip per transaction: tenant GUC, role and search_path, all local.
+
+    ``set_config(..., true)`` is the parameterised form of ``SET LOCAL``: the
+    values are bound, never formatted into SQL, and vanish at COMMIT/ROLLBACK so
+    nothing leaks to the next user of a pooled connection.
+    """
+    params = {"tid": tenant_id, "path": search_path}
+    sql = (
+        "SELECT set_config('tenantry.tenant_id', :tid, true), "
+        "set_config('search_path', :path, true)"
+    )
+    if role:
+        sql += ", set_config('role', :role, true)"
+        params["role"] = role
+    return sql, params

@@ -1,0 +1,80 @@
+"""Schema per tenant (PostgreSQL): the same tables, once in each tenant's schema.
+
+Sessions are pointed at the schema with ``schema_translate_map`` on an engine
+(not on a connection: SQLAlchemy drops connection-level options when a
+session returns its connection to the pool), so no session-level
+``search_path`` ever sticks to a pooled connection. Raw ``text()`` SQL, which
+the translate map cannot see, gets the schema through a transaction-local
+``search_path`` set at BEGIN.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, MetaData
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tenantry.catalog import IsolationMode
+from tenantry.errors import UnsupportedIsolation
+from tenantry.ids import validate_identifier, validate_tenant_id
+from tenantry.isolation import postgres as pg
+from tenantry.models import TENANT_SCHEMA, TENANTRY_SCHEMA
+from tenantry.stores import Store
+
+SCHEMA_PREFIX = "t_"
+
+
+def schema_name(tenant_id: str) -> str:
+    return validate_identifier(SCHEMA_PREFIX + validate_tenant_id(tenant_id), "schema")
+
+
+class SchemaIsolation:
+    mode = IsolationMode.SCHEMA
+    filters_rows = False
+
+    def check_supported(self, store: Store) -> None:
+        if not store.is_postgres:
+            raise UnsupportedIsolation(
+                f"schema-per-tenant isolation needs PostgreSQL; store {store.name!r} is "
+                f"{store.dialect}. Use 'database' (one file per tenant) or 'shared' instead."
+            )
+
+    def _translate(self, tenant_id: str) -> dict[str | None, str | None]:
+        return {TENANT_SCHEMA: schema_name(tenant_id), TENANTRY_SCHEMA: TENANTRY_SCHEMA}
+
+    def engine(self, store: Store, tenant_id: str) -> Engine:
+        self.check_supported(store)
+        # An OptionEngine shares the store's pool; creating one is cheap.
+        return store.engine().execution_options(schema_translate_map=self._translate(tenant_id))
+
+    def async_engine(self, store: Store, tenant_id: str) -> AsyncEngine:
+        self.check_supported(store)
+        return store.async_engine().execution_options(
+            schema_translate_map=self._translate(tenant_id)
+        )
+
+    def transaction_setup(self, store: Store, tenant_id: str) -> tuple[str, dict[str, Any]] | None:
+        path = f'"{schema_name(tenant_id)}", public'
+        return pg.session_setup(tenant_id, store.config.rls_role, path)
+
+    def provision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
+        self.check_supported(store)
+        schema = schema_name(tenant_id)
+        admin = store.admin_engine().execution_options(
+            schema_translate_map=self._translate(tenant_id)
+        )
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {pg.quote(conn, schema)}")
+            metadata.create_all(conn, checkfirst=True)
+            role = store.config.rls_role
+            if role:
+                pg.ensure_role(conn, role, store.distinct_app_user)
+                pg.grant_schema(conn, schema, role)
+
+    def deprovision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
+        self.check_supported(store)
+        with store.admin_engine().begin() as conn:
+            conn.exec_driver_sql(
+                f"DROP SCHEMA IF EXISTS {pg.quote(conn, schema_name(tenant_id))} CASCADE"
+            )

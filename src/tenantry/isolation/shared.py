@@ -1,0 +1,71 @@
+"""Shared tables: every tenant's rows in the same tables, keyed by ``tenant_id``.
+
+Two walls: the ORM filter (criteria on every SELECT/UPDATE/DELETE, stamping on
+INSERT; see :mod:`tenantry.session`) and, on PostgreSQL, row-level security
+enforced by the server for everything, raw SQL included.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from sqlalchemy import Engine, MetaData, delete, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tenantry.catalog import IsolationMode
+from tenantry.isolation import postgres as pg
+from tenantry.models import TENANT_ID_COLUMN, is_tenant_table
+from tenantry.stores import Store
+
+_prepare_lock = threading.Lock()
+
+
+class SharedIsolation:
+    mode = IsolationMode.SHARED
+    filters_rows = True
+
+    def check_supported(self, store: Store) -> None:
+        return None
+
+    def engine(self, store: Store, tenant_id: str) -> Engine:
+        return store.engine()
+
+    def async_engine(self, store: Store, tenant_id: str) -> AsyncEngine:
+        return store.async_engine()
+
+    def transaction_setup(self, store: Store, tenant_id: str) -> tuple[str, dict[str, Any]] | None:
+        if not store.is_postgres:
+            return None
+        return pg.session_setup(tenant_id, store.config.rls_role, "public")
+
+    def prepare_store(self, store: Store, metadata: MetaData) -> None:
+        """Create the shared tables (and RLS policies) once per store and process."""
+        with _prepare_lock:
+            if store.prepared_shared_tables:
+                return
+            with store.admin_engine().begin() as conn:
+                if store.is_postgres:
+                    # Serialise concurrent preparers across processes.
+                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7433001)")
+                metadata.create_all(conn, checkfirst=True)
+                if store.is_postgres:
+                    pg.enable_rls(conn, metadata, None)
+                    if store.config.rls_role:
+                        pg.ensure_role(conn, store.config.rls_role, store.distinct_app_user)
+                        pg.grant_schema(conn, "public", store.config.rls_role)
+            store.prepared_shared_tables = True
+
+    def provision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
+        self.prepare_store(store, metadata)
+
+    def deprovision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
+        self.prepare_store(store, metadata)
+        with store.admin_engine().begin() as conn:
+            if store.is_postgres:
+                # So the delete also works when the admin role is subject to FORCE RLS.
+                sql, params = pg.session_setup(tenant_id, "", "public")
+                conn.execute(text(sql), params)
+            for table in reversed(metadata.sorted_tables):
+                if is_tenant_table(table) and TENANT_ID_COLUMN in table.c:
+                    conn.execute(delete(table).where(table.c[TENANT_ID_COLUMN] == tenant_id))

@@ -1,0 +1,294 @@
+"""Stores: engines for one database server (or SQLite location), built lazily.
+
+A store owns three kinds of engines:
+
+* the *app* engine (``url``), which tenant sessions use;
+* the *admin* engine (``admin_url``), for the catalog, DDL and provisioning;
+* one engine per database-per-tenant database, kept in a bounded LRU so a
+  thousand tenants never mean a thousand open pools.
+
+Secrets in URLs are expanded here, at engine creation, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from tenantry.config import StoreConfig
+from tenantry.errors import ConfigError, UnsupportedIsolation
+from tenantry.ids import validate_identifier, validate_tenant_id
+from tenantry.logs import get_logger
+from tenantry.models import TENANT_SCHEMA, TENANTRY_SCHEMA
+
+log = get_logger(__name__)
+
+E = TypeVar("E")
+
+_SYNC_DRIVERS = {"postgresql": "postgresql+psycopg", "sqlite": "sqlite+pysqlite"}
+_ASYNC_DRIVERS = {"postgresql": "postgresql+psycopg", "sqlite": "sqlite+aiosqlite"}
+SUPPORTED_DIALECTS = frozenset(_SYNC_DRIVERS)
+
+
+def _sqlite_connect_hooks(engine: Engine) -> None:
+    """WAL, a busy timeout and real transactions for SQLite.
+
+    pysqlite's own transaction handling defers BEGIN and never emits it for
+    reads; tenantry needs ``BEGIN`` (and, for the queue, ``BEGIN IMMEDIATE``)
+    under its control, so the driver's handling is switched off and SQLAlchemy's
+    ``begin`` event emits it (the recipe from SQLAlchemy's SQLite docs).
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=10000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "BEGIN")
+        conn.exec_driver_sql(mode)
+
+
+class _LRU(Generic[E]):
+    """A small thread-safe LRU that disposes what it evicts."""
+
+    def __init__(self, capacity: int, dispose: Callable[[E], None]) -> None:
+        self.capacity = capacity
+        self._dispose = dispose
+        self._items: OrderedDict[str, E] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_create(self, key: str, factory: Callable[[], E]) -> E:
+        evicted: list[E] = []
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+                return item
+            item = factory()
+            self._items[key] = item
+            while len(self._items) > self.capacity:
+                _, old = self._items.popitem(last=False)
+                evicted.append(old)
+        for old in evicted:
+            self._dispose(old)
+        return item
+
+    def pop(self, key: str) -> E | None:
+        with self._lock:
+            return self._items.pop(key, None)
+
+    def clear(self) -> list[E]:
+        with self._lock:
+            items = list(self._items.values())
+            self._items.clear()
+        return items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _dispose_async(engine: AsyncEngine) -> None:
+    """Dispose an async engine from sync code: on the running loop if there is one."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        engine.sync_engine.dispose(close=False)
+        return
+    task = loop.create_task(engine.dispose())
+    _PENDING_DISPOSALS.add(task)
+    task.add_done_callback(_PENDING_DISPOSALS.discard)
+
+
+_PENDING_DISPOSALS: set[asyncio.Task[None]] = set()
+
+
+class Store:
+    """Engines for one store; cheap to build, connects only when first used."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.dialect = config.dialect
+        if self.dialect not in SUPPORTED_DIALECTS:
+            raise ConfigError(
+                f"store {self.name!r}: unsupported database {self.dialect!r} "
+                f"(supported: {', '.join(sorted(SUPPORTED_DIALECTS))})"
+            )
+        self._lock = threading.Lock()
+        self._engine: Engine | None = None
+        self._admin_engine: Engine | None = None
+        self._async_engine: AsyncEngine | None = None
+        self._tenant_engines: _LRU[Engine] = _LRU(config.max_tenant_engines, Engine.dispose)
+        self._tenant_async_engines: _LRU[AsyncEngine] = _LRU(
+            config.max_tenant_engines, _dispose_async
+        )
+        self.prepared_shared_tables = False
+
+    # -- helpers ------------------------------------------------------------
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+    @property
+    def translate_map(self) -> dict[str | None, str | None]:
+        """Schema translation for this store's own database (shared mode)."""
+        return {TENANT_SCHEMA: None, TENANTRY_SCHEMA: TENANTRY_SCHEMA if self.is_postgres else None}
+
+    @property
+    def distinct_app_user(self) -> str | None:
+        """The login of ``url`` when an ``admin_url`` is set (it gets SET ROLE rights)."""
+        return None if self.config.admin_url is None else self.config.parsed_url().username
+
+    def _url(self, *, admin: bool, is_async: bool, database: str | None = None) -> URL:
+        url = self.config.parsed_url(admin=admin)
+        drivers = _ASYNC_DRIVERS if is_async else _SYNC_DRIVERS
+        url = url.set(drivername=drivers[self.dialect])
+        if database is not None:
+            url = url.set(database=database)
+        if self.dialect == "sqlite" and url.database not in (None, "", ":memory:"):
+            Path(url.database or "").parent.mkdir(parents=True, exist_ok=True)
+        return url
+
+    def _make_engine(self, url: URL, *, small: bool = False, **kw: Any) -> Engine:
+        if self.dialect == "sqlite":
+            engine = create_engine(url, **kw)
+            _sqlite_connect_hooks(engine)
+        else:
+            size = 2 if small else self.config.pool_size
+            engine = create_engine(url, pool_size=size, max_overflow=size, pool_pre_ping=True, **kw)
+        return engine.execution_options(schema_translate_map=self.translate_map)
+
+    def _make_async_engine(self, url: URL, *, small: bool = False) -> AsyncEngine:
+        if self.dialect == "sqlite":
+            engine = create_async_engine(url)
+            _sqlite_connect_hooks(engine.sync_engine)
+        else:
+            size = 2 if small else self.config.pool_size
+            engine = create_async_engine(url, pool_size=size, max_overflow=size, pool_pre_ping=True)
+        return engine.execution_options(schema_translate_map=self.translate_map)
+
+    # -- the store database -------------------------------------------------
+    def engine(self) -> Engine:
+        with self._lock:
+            if self._engine is None:
+                self._engine = self._make_engine(self._url(admin=False, is_async=False))
+            return self._engine
+
+    def admin_engine(self) -> Engine:
+        if self.config.admin_url is None:
+            return self.engine()
+        with self._lock:
+            if self._admin_engine is None:
+                self._admin_engine = self._make_engine(self._url(admin=True, is_async=False))
+            return self._admin_engine
+
+    def async_engine(self) -> AsyncEngine:
+        with self._lock:
+            if self._async_engine is None:
+                self._async_engine = self._make_async_engine(self._url(admin=False, is_async=True))
+            return self._async_engine
+
+    # -- database-per-tenant -------------------------------------------------
+    def tenant_database_name(self, tenant_id: str) -> str:
+        """The database (PostgreSQL) or file path (SQLite) of a tenant's own database."""
+        validate_tenant_id(tenant_id)
+        url = self.config.parsed_url(expand=False)
+        if self.dialect == "sqlite":
+            if url.database in (None, "", ":memory:"):
+                raise UnsupportedIsolation(
+                    f"store {self.name!r} is an in-memory SQLite database; database-per-tenant "
+                    "needs a file-based SQLite store"
+                )
+            base = Path(url.database or "")
+            return str(base.parent / f"{base.stem}_tenants" / f"{tenant_id}.db")
+        prefix = self.config.database_prefix
+        if prefix is None:
+            candidate = f"{url.database or 'tenantry'}_"
+            prefix = candidate if len(candidate) <= 23 else "tenantry_"
+        return validate_identifier(f"{prefix}{tenant_id}", "database name")
+
+    def tenant_engine(self, tenant_id: str) -> Engine:
+        name = self.tenant_database_name(tenant_id)
+        return self._tenant_engines.get_or_create(
+            tenant_id,
+            lambda: self._make_engine(
+                self._url(admin=False, is_async=False, database=name), small=True
+            ),
+        )
+
+    def tenant_async_engine(self, tenant_id: str) -> AsyncEngine:
+        name = self.tenant_database_name(tenant_id)
+        return self._tenant_async_engines.get_or_create(
+            tenant_id,
+            lambda: self._make_async_engine(
+                self._url(admin=False, is_async=True, database=name), small=True
+            ),
+        )
+
+    def tenant_admin_engine(self, tenant_id: str) -> Engine:
+        """A throwaway (NullPool) admin engine on a tenant database, for DDL."""
+        name = self.tenant_database_name(tenant_id)
+        url = self._url(admin=True, is_async=False, database=name)
+        if self.dialect == "sqlite":
+            engine = create_engine(url, poolclass=NullPool)
+            _sqlite_connect_hooks(engine)
+            return engine.execution_options(schema_translate_map=self.translate_map)
+        return create_engine(url, poolclass=NullPool).execution_options(
+            schema_translate_map=self.translate_map
+        )
+
+    def forget_tenant_engines(self, tenant_id: str) -> None:
+        """Dispose the cached engines of one tenant database (before dropping it)."""
+        engine = self._tenant_engines.pop(tenant_id)
+        if engine is not None:
+            engine.dispose()
+        async_engine = self._tenant_async_engines.pop(tenant_id)
+        if async_engine is not None:
+            _dispose_async(async_engine)
+
+    @property
+    def cached_tenant_engines(self) -> int:
+        return len(self._tenant_engines) + len(self._tenant_async_engines)
+
+    # -- lifecycle --------------------------------------------------------------
+    def dispose(self) -> None:
+        for engine in (self._engine, self._admin_engine):
+            if engine is not None:
+                engine.dispose()
+        self._engine = self._admin_engine = None
+        for e in self._tenant_engines.clear():
+            e.dispose()
+        for ae in self._tenant_async_engines.clear():
+            _dispose_async(ae)
+        if self._async_engine is not None:
+            _dispose_async(self._async_engine)
+            self._async_engine = None
+
+    async def adispose(self) -> None:
+        """Dispose everything, awaiting the async engines (call from the event loop)."""
+        async_engines = self._tenant_async_engines.clear()
+        if self._async_engine is not None:
+            async_engines.append(self._async_engine)
+            self._async_engine = None
+        for ae in async_engines:
+            await ae.dispose()
+        self.dispose()
+
+    def __repr__(self) -> str:
+        return f"Store({self.name!r}, {self.config.masked_url})"
