@@ -10,7 +10,6 @@ from tenantry.context import (
     current_tenant,
     current_tenant_or_none,
     no_tenant,
-    run_in_context,
     tenant_context,
 )
 from tenantry.core import Tenantry
@@ -68,7 +67,6 @@ __all__ = [
     "global_metadata",
     "load_config",
     "no_tenant",
-    "run_in_context",
     "tenant_context",
     "tenant_metadata",
     "validate_tenant_id",

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from tenantry.errors import ConfigError, StoreNotFoundError
+from tenantry.errors import ConfigError, InvalidIdentifierError, StoreNotFoundError
 from tenantry.ids import validate_identifier
 
 DEFAULT_STORE = "default"
@@ -75,15 +75,19 @@ class StoreConfig:
     def __post_init__(self) -> None:
         if not _STORE_NAME.fullmatch(self.name):
             raise ConfigError(f"invalid store name {self.name!r}: use a-z, 0-9 and _")
-        if self.rls_role:
-            validate_identifier(self.rls_role, "rls_role")
+        try:
+            if self.rls_role:
+                validate_identifier(self.rls_role, "rls_role")
+            if self.database_prefix is not None:
+                validate_identifier(self.database_prefix, "database_prefix")
+        except InvalidIdentifierError as exc:
+            raise ConfigError(f"store {self.name!r}: {exc}") from exc
         if self.database_prefix is not None:
-            validate_identifier(self.database_prefix, "database_prefix")
             if len(self.database_prefix) > 23:
                 raise ConfigError("database_prefix is at most 23 characters (63 - tenant id)")
         if self.max_tenant_engines < 1:
             raise ConfigError("max_tenant_engines must be at least 1")
-        self.parsed_url()  # fail early on malformed URLs (without expanding secrets)
+        self.parsed_url(expand=False)  # fail early on malformed URLs, secrets unexpanded
 
     def parsed_url(self, *, admin: bool = False, expand: bool = True) -> URL:
         raw = (self.admin_url or self.url) if admin else self.url

@@ -4,7 +4,7 @@ A ContextVar (not a thread-local) is what makes the tenant follow the *logical*
 flow of work: asyncio tasks copy the context when they are created, so a task
 started inside ``tenant_context("a")`` stays in tenant ``a`` even after the
 parent moved on, and two concurrent requests never see each other's tenant.
-Threads do not inherit context by default, hence :func:`run_in_context` and
+Threads do not inherit context by default, hence :func:`bind_context` and
 :class:`TenantThreadPoolExecutor`.
 """
 
@@ -116,11 +116,6 @@ def bind_context(fn: Callable[P, R]) -> Callable[P, R]:
         return ctx.run(fn, *args, **kwargs)
 
     return bound
-
-
-def run_in_context(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-    """Call *fn* in a copy of the current context (useful as an executor target)."""
-    return contextvars.copy_context().run(fn, *args, **kwargs)
 
 
 class TenantThreadPoolExecutor(ThreadPoolExecutor):

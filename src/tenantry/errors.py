@@ -12,7 +12,7 @@ class TenantryError(Exception):
     """A tenantry operation failed."""
 
     def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or (self.__doc__ or "").strip())
+        super().__init__(message or " ".join((self.__doc__ or "").split()))
 
 
 class ConfigError(TenantryError):

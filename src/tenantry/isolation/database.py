@@ -47,10 +47,8 @@ class DatabaseIsolation:
                 if store.is_postgres:
                     conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {TENANTRY_SCHEMA}")
                 metadata.create_all(conn, checkfirst=True)
-                role = store.config.rls_role
-                if store.is_postgres and role:
-                    pg.ensure_role(conn, role, store.distinct_app_user)
-                    pg.grant_schema(conn, "public", role)
+                if store.is_postgres:
+                    pg.grant_access(conn, "public", store.config.rls_role, store.distinct_app_user)
         finally:
             engine.dispose()
 

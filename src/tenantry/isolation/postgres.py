@@ -41,6 +41,20 @@ def ensure_role(conn: Connection, role: str, app_user: str | None = None) -> Non
         conn.exec_driver_sql(f"GRANT {q} TO {quote(conn, _checked_name(app_user))}")
 
 
+def grant_access(conn: Connection, schema: str, rls_role: str, app_user: str | None) -> None:
+    """Let tenant sessions use *schema*: through the RLS role, or the app login itself.
+
+    With ``rls_role`` set, sessions ``SET ROLE`` to it, so it gets the grants
+    (and the app login may assume it). With ``rls_role = ""`` the app login is
+    expected to be a non-owner already, and is granted directly.
+    """
+    if rls_role:
+        ensure_role(conn, rls_role, app_user)
+        grant_schema(conn, schema, rls_role)
+    elif app_user:
+        grant_schema(conn, schema, _checked_name(app_user))
+
+
 def grant_schema(conn: Connection, schema: str, role: str) -> None:
     s, r = quote(conn, validate_identifier(schema, "schema")), quote(conn, role)
     conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA {s} TO {r}")

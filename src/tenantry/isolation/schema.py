@@ -67,10 +67,7 @@ class SchemaIsolation:
         with admin.begin() as conn:
             conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {pg.quote(conn, schema)}")
             metadata.create_all(conn, checkfirst=True)
-            role = store.config.rls_role
-            if role:
-                pg.ensure_role(conn, role, store.distinct_app_user)
-                pg.grant_schema(conn, schema, role)
+            pg.grant_access(conn, schema, store.config.rls_role, store.distinct_app_user)
 
     def deprovision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
         self.check_supported(store)

@@ -51,9 +51,7 @@ class SharedIsolation:
                 metadata.create_all(conn, checkfirst=True)
                 if store.is_postgres:
                     pg.enable_rls(conn, metadata, None)
-                    if store.config.rls_role:
-                        pg.ensure_role(conn, store.config.rls_role, store.distinct_app_user)
-                        pg.grant_schema(conn, "public", store.config.rls_role)
+                    pg.grant_access(conn, "public", store.config.rls_role, store.distinct_app_user)
             store.prepared_shared_tables = True
 
     def provision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
