@@ -1,0 +1,203 @@
+"""Creating and deleting tenants: idempotent, resumable, and safe against hostile ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, inspect, select, text
+
+from tenantry import (
+    InvalidTenantId,
+    IsolationMode,
+    TenantExistsError,
+    TenantNotFoundError,
+    Tenantry,
+    TenantStateError,
+    TenantSuspendedError,
+    TenantUnavailableError,
+    tenant_context,
+)
+from tenantry.catalog import Tenant, TenantStatus
+from tenantry.isolation import schema_name, strategy_for
+from tests.conftest import ALL_CASES, TenantryFactory
+from tests.models import Note
+from tests.unit.test_ids import HOSTILE
+
+CASES = pytest.mark.parametrize(("backend", "mode"), ALL_CASES)
+
+
+def _storage_exists(t: Tenantry, tenant_id: str, mode: str) -> bool:
+    """Look at the database itself, not at the catalog."""
+    store = t.default_store
+    if mode == "schema":
+        with store.admin_engine().connect() as conn:
+            return schema_name(tenant_id) in inspect(conn).get_schema_names()
+    if mode == "database":
+        name = store.tenant_database_name(tenant_id)
+        if store.is_postgres:
+            with store.admin_engine().connect() as conn:
+                found = conn.execute(
+                    text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+                ).first()
+                return found is not None
+        return Path(name).exists()
+    with store.admin_engine().connect() as conn:
+        if store.is_postgres:
+            conn.execute(text("SELECT set_config('tenantry.tenant_id', :t, false)"), {"t": tenant_id})
+        count = conn.execute(
+            select(func.count()).select_from(Note).where(Note.tenant_id == tenant_id)
+        ).scalar_one()
+        return count > 0
+
+
+@CASES
+def test_create_then_delete_removes_storage_and_catalog_entry(
+    make_tenantry: TenantryFactory, backend: str, mode: str
+) -> None:
+    t = make_tenantry(backend)
+    tenant = t.create_tenant("acme", name="Acme Inc", isolation=mode, settings={"plan": "pro"})
+    assert tenant.status is TenantStatus.ACTIVE
+    assert tenant.isolation is IsolationMode(mode)
+    got = t.get_tenant("acme")
+    assert (got.name, got.settings, got.store) == ("Acme Inc", {"plan": "pro"}, "default")
+    with tenant_context("acme"), t.session() as s:
+        s.add(Note(body="keep me"))
+        s.commit()
+    assert _storage_exists(t, "acme", mode)
+    t.delete_tenant("acme")
+    assert not _storage_exists(t, "acme", mode)
+    with pytest.raises(TenantNotFoundError):
+        t.get_tenant("acme")
+    with tenant_context("acme"), pytest.raises(TenantNotFoundError):
+        t.session()
+    # The id can be reused and starts empty.
+    t.create_tenant("acme", isolation=mode)
+    with tenant_context("acme"), t.session() as s:
+        assert s.scalar(select(func.count()).select_from(Note)) == 0
+
+
+@CASES
+def test_provisioning_resumes_after_a_crash_half_way(
+    make_tenantry: TenantryFactory, backend: str, mode: str
+) -> None:
+    t = make_tenantry(backend)
+    t.setup()
+    # A crash after the catalog row was written and storage half-made.
+    t.catalog.insert(
+        Tenant("acme", "Acme", TenantStatus.PROVISIONING, IsolationMode(mode), "default")
+    )
+    strategy_for(mode).provision(t.default_store, "acme", t.tenant_metadata)
+    with tenant_context("acme"), pytest.raises(TenantUnavailableError, match="provisioning"):
+        t.session()
+    tenant = t.create_tenant("acme", isolation=mode)
+    assert tenant.status is TenantStatus.ACTIVE
+    with tenant_context("acme"), t.session() as s:
+        s.add(Note(body="ok"))
+        s.commit()
+    # Running provisioning again on a finished tenant is harmless too.
+    strategy_for(mode).provision(t.default_store, "acme", t.tenant_metadata)
+    with pytest.raises(TenantExistsError):
+        t.create_tenant("acme", isolation=mode)
+
+
+@CASES
+def test_delete_resumes_after_a_crash(make_tenantry: TenantryFactory, backend: str, mode: str) -> None:
+    t = make_tenantry(backend)
+    t.create_tenant("acme", isolation=mode)
+    t.catalog.set_status("acme", TenantStatus.DELETING)
+    strategy_for(mode).deprovision(t.default_store, "acme", t.tenant_metadata)  # crash after this
+    t.delete_tenant("acme")
+    assert t.list_tenants() == []
+
+
+def test_status_transitions(tenantry: Tenantry) -> None:
+    tenantry.create_tenant("acme")
+    with pytest.raises(TenantStateError, match="active"):
+        tenantry.resume_tenant("acme")
+    assert tenantry.suspend_tenant("acme").status is TenantStatus.SUSPENDED
+    with pytest.raises(TenantStateError, match="suspended"):
+        tenantry.suspend_tenant("acme")
+    assert tenantry.resume_tenant("acme").status is TenantStatus.ACTIVE
+    updated = tenantry.update_tenant("acme", name="ACME", settings={"weight": 2})
+    assert (updated.name, updated.settings) == ("ACME", {"weight": 2})
+    assert tenantry.get_tenant("acme").settings == {"weight": 2}
+    with pytest.raises(TenantNotFoundError):
+        tenantry.suspend_tenant("ghost")
+
+
+@pytest.mark.parametrize("bad", HOSTILE)
+def test_hostile_ids_create_nothing(make_tenantry: TenantryFactory, bad: str) -> None:
+    t = make_tenantry("sqlite")
+    with pytest.raises(InvalidTenantId):
+        t.create_tenant(bad, isolation="database")
+    with pytest.raises(InvalidTenantId):
+        t.get_tenant(bad)
+    with pytest.raises(InvalidTenantId):
+        t.delete_tenant(bad)
+    assert not (Path(t.default_store.config.parsed_url().database or "").parent / "main_tenants").exists()
+
+
+@pytest.mark.parametrize("mode", ["shared", "schema", "database"])
+def test_hostile_ids_create_nothing_on_postgresql(make_tenantry: TenantryFactory, mode: str) -> None:
+    t = make_tenantry("postgresql")
+    t.setup()
+    with t.default_store.admin_engine().connect() as conn:
+        before_schemas = set(inspect(conn).get_schema_names())
+        before_dbs = set(conn.execute(text("SELECT datname FROM pg_database")).scalars())
+    for bad in HOSTILE:
+        with pytest.raises(InvalidTenantId):
+            t.create_tenant(bad, isolation=mode)
+    with t.default_store.admin_engine().connect() as conn:
+        assert set(inspect(conn).get_schema_names()) == before_schemas
+        after_dbs = set(conn.execute(text("SELECT datname FROM pg_database")).scalars())
+    # Other tests create databases concurrently: only ours matter.
+    prefix = t.default_store.tenant_database_name("x")[:-1]
+    assert {d for d in after_dbs - before_dbs if d.startswith(prefix)} == set()
+    assert t.list_tenants() == []
+
+
+def test_database_engine_cache_is_bounded(make_tenantry: TenantryFactory, backend: str) -> None:
+    t = make_tenantry(backend, max_tenant_engines=3)
+    ids = [f"t{i}" for i in range(8)]
+    for tid in ids:
+        t.create_tenant(tid, isolation="database")
+    for _ in range(2):
+        for tid in ids:
+            with tenant_context(tid), t.session() as s:
+                s.add(Note(body=tid))
+                s.commit()
+            assert len(t.default_store._tenant_engines) <= 3
+    for tid in ids:
+        with tenant_context(tid), t.session() as s:
+            assert s.scalars(select(Note.body)).all() == [tid, tid]
+    if backend == "postgresql":
+        # Evicted pools were disposed: at most 3 tenant databases hold connections.
+        prefix = t.default_store.tenant_database_name("x")[:-1]
+        with t.default_store.admin_engine().connect() as conn:
+            busy = conn.execute(
+                text(
+                    "SELECT count(DISTINCT datname) FROM pg_stat_activity WHERE datname LIKE :p"
+                ),
+                {"p": prefix + "%"},
+            ).scalar_one()
+        assert busy <= 3
+
+
+def test_catalog_cache_expires_and_is_invalidated(make_tenantry: TenantryFactory) -> None:
+    now = [0.0]
+    t = make_tenantry("sqlite")
+    t.catalog._clock = lambda: now[0]
+    t.create_tenant("acme")
+    other = make_tenantry("sqlite", t.config)  # a second process on the same catalog
+    other.catalog._clock = lambda: now[0]
+    with tenant_context("acme"):
+        other.session().close()  # caches "active"
+        t.suspend_tenant("acme")
+        other.session().close()  # still cached: within the TTL
+        now[0] += t.config.catalog_cache_ttl + 0.1
+        with pytest.raises(TenantSuspendedError):
+            other.session()
+        # Local writes invalidate at once.
+        t.resume_tenant("acme")
+        t.session().close()
