@@ -82,9 +82,8 @@ class StoreConfig:
                 validate_identifier(self.database_prefix, "database_prefix")
         except InvalidIdentifierError as exc:
             raise ConfigError(f"store {self.name!r}: {exc}") from exc
-        if self.database_prefix is not None:
-            if len(self.database_prefix) > 23:
-                raise ConfigError("database_prefix is at most 23 characters (63 - tenant id)")
+        if self.database_prefix is not None and len(self.database_prefix) > 23:
+            raise ConfigError("database_prefix is at most 23 characters (63 - tenant id)")
         if self.max_tenant_engines < 1:
             raise ConfigError("max_tenant_engines must be at least 1")
         self.parsed_url(expand=False)  # fail early on malformed URLs, secrets unexpanded

@@ -74,7 +74,9 @@ def _apply(t: Tenantry, op: Op, model: dict[str, dict[int, str]], raw: bool) -> 
             own[new_id] = body
         elif kind == "update":
             if raw:  # deliberately no tenant filter: RLS must supply it
-                s.execute(text("UPDATE notes SET body = :b WHERE id = :i"), {"b": body, "i": row_id})
+                s.execute(
+                    text("UPDATE notes SET body = :b WHERE id = :i"), {"b": body, "i": row_id}
+                )
             else:
                 s.execute(update(Note).where(Note.id == row_id).values(body=body))
             if row_id in own:

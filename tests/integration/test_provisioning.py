@@ -44,7 +44,9 @@ def _storage_exists(t: Tenantry, tenant_id: str, mode: str) -> bool:
         return Path(name).exists()
     with store.admin_engine().connect() as conn:
         if store.is_postgres:
-            conn.execute(text("SELECT set_config('tenantry.tenant_id', :t, false)"), {"t": tenant_id})
+            conn.execute(
+                text("SELECT set_config('tenantry.tenant_id', :t, false)"), {"t": tenant_id}
+            )
         count = conn.execute(
             select(func.count()).select_from(Note).where(Note.tenant_id == tenant_id)
         ).scalar_one()
@@ -102,7 +104,9 @@ def test_provisioning_resumes_after_a_crash_half_way(
 
 
 @CASES
-def test_delete_resumes_after_a_crash(make_tenantry: TenantryFactory, backend: str, mode: str) -> None:
+def test_delete_resumes_after_a_crash(
+    make_tenantry: TenantryFactory, backend: str, mode: str
+) -> None:
     t = make_tenantry(backend)
     t.create_tenant("acme", isolation=mode)
     t.catalog.set_status("acme", TenantStatus.DELETING)
@@ -135,11 +139,15 @@ def test_hostile_ids_create_nothing(make_tenantry: TenantryFactory, bad: str) ->
         t.get_tenant(bad)
     with pytest.raises(InvalidTenantId):
         t.delete_tenant(bad)
-    assert not (Path(t.default_store.config.parsed_url().database or "").parent / "main_tenants").exists()
+    assert not (
+        Path(t.default_store.config.parsed_url().database or "").parent / "main_tenants"
+    ).exists()
 
 
 @pytest.mark.parametrize("mode", ["shared", "schema", "database"])
-def test_hostile_ids_create_nothing_on_postgresql(make_tenantry: TenantryFactory, mode: str) -> None:
+def test_hostile_ids_create_nothing_on_postgresql(
+    make_tenantry: TenantryFactory, mode: str
+) -> None:
     t = make_tenantry("postgresql")
     t.setup()
     with t.default_store.admin_engine().connect() as conn:
@@ -176,9 +184,7 @@ def test_database_engine_cache_is_bounded(make_tenantry: TenantryFactory, backen
         prefix = t.default_store.tenant_database_name("x")[:-1]
         with t.default_store.admin_engine().connect() as conn:
             busy = conn.execute(
-                text(
-                    "SELECT count(DISTINCT datname) FROM pg_stat_activity WHERE datname LIKE :p"
-                ),
+                text("SELECT count(DISTINCT datname) FROM pg_stat_activity WHERE datname LIKE :p"),
                 {"p": prefix + "%"},
             ).scalar_one()
         assert busy <= 3

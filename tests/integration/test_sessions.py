@@ -37,7 +37,9 @@ def _seed(t: Tenantry, mode: str, tenants: tuple[str, ...] = ("acme", "globex", 
 
 
 @CASES
-def test_each_tenant_sees_only_its_rows(make_tenantry: TenantryFactory, backend: str, mode: str) -> None:
+def test_each_tenant_sees_only_its_rows(
+    make_tenantry: TenantryFactory, backend: str, mode: str
+) -> None:
     t = make_tenantry(backend)
     _seed(t, mode)
     for tid in ("acme", "globex", "initech"):
@@ -157,7 +159,8 @@ async def test_async_sessions(make_tenantry: TenantryFactory, backend: str, mode
             s.add(Note(body=f"{tid}-async"))
             await s.commit()
             rows = (await s.scalars(select(Note.tenant_id))).all()
-            assert set(rows) == {tid} and len(rows) == 4
+            assert set(rows) == {tid}
+            assert len(rows) == 4
     with pytest.raises(TenantNotSetError):
         await t.open_async_session()
     t.suspend_tenant("globex")
@@ -179,7 +182,7 @@ def test_unknown_and_unready_tenants(tenantry: Tenantry) -> None:
 
 def test_schema_mode_on_sqlite_names_the_alternatives(make_tenantry: TenantryFactory) -> None:
     t = make_tenantry("sqlite")
-    with pytest.raises(UnsupportedIsolation, match="'database'.*'shared'"):
+    with pytest.raises(UnsupportedIsolation, match=r"'database'.*'shared'"):
         t.create_tenant("acme", isolation="schema")
     assert t.list_tenants() == []
 
@@ -188,9 +191,7 @@ def test_all_tenants_option_is_an_explicit_bypass(make_tenantry: TenantryFactory
     t = make_tenantry("sqlite")
     _seed(t, "shared", ("acme", "globex"))
     with tenant_context("acme"), t.session() as s:
-        every = s.scalars(
-            select(Note.tenant_id).execution_options(**{ALL_TENANTS: True})
-        ).all()
+        every = s.scalars(select(Note.tenant_id).execution_options(**{ALL_TENANTS: True})).all()
         assert set(every) == {"acme", "globex"}
 
 
@@ -215,7 +216,9 @@ def test_schema_mode_raw_sql_uses_the_tenant_schema(make_tenantry: TenantryFacto
     # SET LOCAL vanished with the transaction: the pooled connection is clean again.
     with t.default_store.engine().connect() as conn:
         assert conn.execute(text("SHOW search_path")).scalar() == '"$user", public'
-        assert conn.execute(text("SELECT current_setting('tenantry.tenant_id', true)")).scalar() in (
+        assert conn.execute(
+            text("SELECT current_setting('tenantry.tenant_id', true)")
+        ).scalar() in (
             None,
             "",
         )

@@ -46,9 +46,8 @@ def test_nesting_restores_outer() -> None:
 
 
 def test_reset_on_exception() -> None:
-    with pytest.raises(RuntimeError), tenant_context("a"):
-        with tenant_context("b"):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), tenant_context("a"), tenant_context("b"):
+        raise RuntimeError("boom")
     assert current_tenant_or_none() is None
 
 
