@@ -1,10 +1,19 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
-from tenantry import ConfigError, StoreConfig, StoreNotFoundError, TenantryConfig, load_config
+from tenantry import (
+    ConfigError,
+    StoreConfig,
+    StoreNotFoundError,
+    Tenantry,
+    TenantryConfig,
+    load_config,
+)
 from tenantry.config import config_from_dict, expand_env, mask_url
 
 
@@ -103,3 +112,22 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
 def test_single_helper() -> None:
     cfg = TenantryConfig.single("sqlite:///x.db", max_tenant_engines=2)
     assert cfg.store("default").max_tenant_engines == 2
+
+
+def test_passwords_never_reach_errors_or_logs(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that cannot be reached: the error and the log name it without its secret."""
+    cfg = TenantryConfig.single("postgresql://app:${TT_SECRET}@127.0.0.1:1/app")
+    monkeypatch.setenv("TT_SECRET", "s3cr3t-value")
+    with caplog.at_level(logging.DEBUG):
+        t = Tenantry(cfg)
+        with pytest.raises(OperationalError) as info:
+            t.setup()
+    assert t.default_store.engine().url.password == "s3cr3t-value"  # it was really used
+    assert "s3cr3t-value" not in str(info.value)
+    assert "s3cr3t-value" not in caplog.text
+    assert "s3cr3t-value" not in repr(t.default_store)
+    assert "s3cr3t-value" not in repr(t.default_store.engine().url)
+    assert "s3cr3t-value" not in str(t.default_store.engine().url)
+    t.close()
