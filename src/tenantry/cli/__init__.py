@@ -1,0 +1,1 @@
+"""The ``tenantry`` command line (entry point: :func:`tenantry.cli.main.main`)."""
