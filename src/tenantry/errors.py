@@ -65,3 +65,31 @@ class InvalidIdentifierError(TenantryError, ValueError):
 
 class TenantStateError(TenantryError):
     """The tenant is not in a status that allows this operation."""
+
+
+class QueueError(TenantryError):
+    """A job queue operation failed."""
+
+
+class UnknownJobKind(QueueError, LookupError):
+    """No handler is registered for this job kind."""
+
+
+class PayloadValidationError(QueueError, ValueError):
+    """The job payload does not match the handler's payload type."""
+
+
+class JobNotFoundError(QueueError, LookupError):
+    """No job with that id exists for this tenant."""
+
+
+class QueueUnavailableError(QueueError):
+    """The queue's database could not be reached; the job was NOT enqueued."""
+
+
+class LeaseLostError(QueueError):
+    """The job's lease was taken over (expired or released); this attempt's result is void."""
+
+
+class JobStateError(QueueError):
+    """The job is not in a state that allows this operation."""

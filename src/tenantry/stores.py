@@ -133,12 +133,13 @@ class Store:
         self._lock = threading.Lock()
         self._engine: Engine | None = None
         self._admin_engine: Engine | None = None
-        self._async_engine: AsyncEngine | None = None
+        self._async_engines: dict[bool, AsyncEngine] = {}
         self._tenant_engines: _LRU[Engine] = _LRU(config.max_tenant_engines, Engine.dispose)
         self._tenant_async_engines: _LRU[AsyncEngine] = _LRU(
             config.max_tenant_engines, _dispose_async
         )
         self.prepared_shared_tables = False
+        self.prepared_queue = False
 
     # -- helpers ------------------------------------------------------------
     @property
@@ -198,11 +199,15 @@ class Store:
                 self._admin_engine = self._make_engine(self._url(admin=True, is_async=False))
             return self._admin_engine
 
-    def async_engine(self) -> AsyncEngine:
+    def async_engine(self, *, admin: bool = False) -> AsyncEngine:
+        """Async engine on the store database; ``admin=True`` for the worker and operations."""
+        admin = admin and self.config.admin_url is not None
         with self._lock:
-            if self._async_engine is None:
-                self._async_engine = self._make_async_engine(self._url(admin=False, is_async=True))
-            return self._async_engine
+            engine = self._async_engines.get(admin)
+            if engine is None:
+                engine = self._make_async_engine(self._url(admin=admin, is_async=True))
+                self._async_engines[admin] = engine
+            return engine
 
     # -- database-per-tenant -------------------------------------------------
     def tenant_database_name(self, tenant_id: str) -> str:
@@ -223,21 +228,24 @@ class Store:
             prefix = candidate if len(candidate) <= 23 else "tenantry_"
         return validate_identifier(f"{prefix}{tenant_id}", "database name")
 
-    def tenant_engine(self, tenant_id: str) -> Engine:
+    def tenant_engine(self, tenant_id: str, *, admin: bool = False) -> Engine:
+        """Pooled engine on a tenant's own database (LRU-bounded per store)."""
+        admin = admin and self.config.admin_url is not None
         name = self.tenant_database_name(tenant_id)
         return self._tenant_engines.get_or_create(
-            tenant_id,
+            f"{tenant_id}:{int(admin)}",
             lambda: self._make_engine(
-                self._url(admin=False, is_async=False, database=name), small=True
+                self._url(admin=admin, is_async=False, database=name), small=True
             ),
         )
 
-    def tenant_async_engine(self, tenant_id: str) -> AsyncEngine:
+    def tenant_async_engine(self, tenant_id: str, *, admin: bool = False) -> AsyncEngine:
+        admin = admin and self.config.admin_url is not None
         name = self.tenant_database_name(tenant_id)
         return self._tenant_async_engines.get_or_create(
-            tenant_id,
+            f"{tenant_id}:{int(admin)}",
             lambda: self._make_async_engine(
-                self._url(admin=False, is_async=True, database=name), small=True
+                self._url(admin=admin, is_async=True, database=name), small=True
             ),
         )
 
@@ -255,12 +263,13 @@ class Store:
 
     def forget_tenant_engines(self, tenant_id: str) -> None:
         """Dispose the cached engines of one tenant database (before dropping it)."""
-        engine = self._tenant_engines.pop(tenant_id)
-        if engine is not None:
-            engine.dispose()
-        async_engine = self._tenant_async_engines.pop(tenant_id)
-        if async_engine is not None:
-            _dispose_async(async_engine)
+        for admin in (0, 1):
+            engine = self._tenant_engines.pop(f"{tenant_id}:{admin}")
+            if engine is not None:
+                engine.dispose()
+            async_engine = self._tenant_async_engines.pop(f"{tenant_id}:{admin}")
+            if async_engine is not None:
+                _dispose_async(async_engine)
 
     @property
     def cached_tenant_engines(self) -> int:
@@ -276,16 +285,14 @@ class Store:
             e.dispose()
         for ae in self._tenant_async_engines.clear():
             _dispose_async(ae)
-        if self._async_engine is not None:
-            _dispose_async(self._async_engine)
-            self._async_engine = None
+        for ae in self._async_engines.values():
+            _dispose_async(ae)
+        self._async_engines.clear()
 
     async def adispose(self) -> None:
         """Dispose everything, awaiting the async engines (call from the event loop)."""
-        async_engines = self._tenant_async_engines.clear()
-        if self._async_engine is not None:
-            async_engines.append(self._async_engine)
-            self._async_engine = None
+        async_engines = self._tenant_async_engines.clear() + list(self._async_engines.values())
+        self._async_engines.clear()
         for ae in async_engines:
             await ae.dispose()
         self.dispose()

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenantry.catalog import IsolationMode
 from tenantry.isolation import postgres as pg
-from tenantry.models import TENANTRY_SCHEMA
+from tenantry.queue.backends import ensure_queue_schema
 from tenantry.stores import Store
 
 
@@ -44,9 +44,8 @@ class DatabaseIsolation:
         engine = store.tenant_admin_engine(tenant_id)
         try:
             with engine.begin() as conn:
-                if store.is_postgres:
-                    conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {TENANTRY_SCHEMA}")
                 metadata.create_all(conn, checkfirst=True)
+                ensure_queue_schema(conn, store)
                 if store.is_postgres:
                     pg.grant_access(conn, "public", store.config.rls_role, store.distinct_app_user)
         finally:

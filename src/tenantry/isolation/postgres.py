@@ -76,12 +76,18 @@ def enable_rls(conn: Connection, metadata: MetaData, schema: str | None) -> None
         name = _qualified(conn, table, schema)
         conn.exec_driver_sql(f"ALTER TABLE {name} ENABLE ROW LEVEL SECURITY")
         conn.exec_driver_sql(f"ALTER TABLE {name} FORCE ROW LEVEL SECURITY")
-        conn.exec_driver_sql(f"DROP POLICY IF EXISTS {POLICY_NAME} ON {name}")
-        col = quote(conn, TENANT_ID_COLUMN)
-        predicate = f"{col} = current_setting('{TENANT_GUC}', true)"
-        conn.exec_driver_sql(
-            f"CREATE POLICY {POLICY_NAME} ON {name} USING ({predicate}) WITH CHECK ({predicate})"
-        )
+        create_policy(conn, name)
+
+
+def create_policy(conn: Connection, qualified_table: str) -> None:
+    """(Re)create the tenant policy: rows visible and writable only for the GUC's tenant."""
+    col = quote(conn, TENANT_ID_COLUMN)
+    predicate = f"{col} = current_setting('{TENANT_GUC}', true)"
+    conn.exec_driver_sql(f"DROP POLICY IF EXISTS {POLICY_NAME} ON {qualified_table}")
+    conn.exec_driver_sql(
+        f"CREATE POLICY {POLICY_NAME} ON {qualified_table} "
+        f"USING ({predicate}) WITH CHECK ({predicate})"
+    )
 
 
 def _checked_name(name: str) -> str:

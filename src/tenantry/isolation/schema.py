@@ -20,6 +20,7 @@ from tenantry.errors import UnsupportedIsolation
 from tenantry.ids import validate_identifier, validate_tenant_id
 from tenantry.isolation import postgres as pg
 from tenantry.models import TENANT_SCHEMA, TENANTRY_SCHEMA
+from tenantry.queue.backends import ensure_store_queue
 from tenantry.stores import Store
 
 SCHEMA_PREFIX = "t_"
@@ -68,6 +69,7 @@ class SchemaIsolation:
             conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {pg.quote(conn, schema)}")
             metadata.create_all(conn, checkfirst=True)
             pg.grant_access(conn, schema, store.config.rls_role, store.distinct_app_user)
+        ensure_store_queue(store)
 
     def deprovision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
         self.check_supported(store)

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tenantry.catalog import IsolationMode
 from tenantry.isolation import postgres as pg
 from tenantry.models import TENANT_ID_COLUMN, is_tenant_table
+from tenantry.queue.backends import ensure_store_queue
 from tenantry.stores import Store
 
 _prepare_lock = threading.Lock()
@@ -53,6 +54,7 @@ class SharedIsolation:
                     pg.enable_rls(conn, metadata, None)
                     pg.grant_access(conn, "public", store.config.rls_role, store.distinct_app_user)
             store.prepared_shared_tables = True
+        ensure_store_queue(store)
 
     def provision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
         self.prepare_store(store, metadata)

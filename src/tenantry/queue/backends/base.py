@@ -1,0 +1,333 @@
+"""The queue's SQL, behind one small class per database dialect.
+
+Everything that is the same on every database is written once here with
+SQLAlchemy Core (the ``tenantry`` schema is translated away on SQLite by the
+store's engines). A dialect class supplies only what differs: how "now" is
+spelled, how rows are locked for claiming, the idempotent insert, DDL and
+wake-ups. Methods take a *sync* ``Connection``; async callers run them through
+``AsyncConnection.run_sync`` so there is one implementation, not two.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Insert,
+    and_,
+    delete,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+
+from tenantry.queue.job import PENDING_STATES, Job, JobState, utcnow
+from tenantry.queue.schema import jobs_table as J
+
+Lease = tuple[int, str]  # (job id, lease token)
+
+
+@dataclass(frozen=True)
+class Inserted:
+    id: int
+    created: bool  # False: an unfinished job with the same idempotency key was returned
+
+
+class QueueBackend:
+    """SQL shared by all dialects; subclasses fill in the differences."""
+
+    dialect: ClassVar[str]
+    #: Execution options for the connection used to claim (SQLite: BEGIN IMMEDIATE).
+    claim_options: ClassVar[dict[str, Any]] = {}
+
+    # -- dialect hooks ---------------------------------------------------------
+    def now(self) -> ColumnElement[datetime]:
+        raise NotImplementedError
+
+    def now_plus(self, seconds: float) -> ColumnElement[datetime]:
+        raise NotImplementedError
+
+    def insert(self) -> Insert:
+        raise NotImplementedError
+
+    def greatest(self, *values: Any) -> ColumnElement[int]:
+        raise NotImplementedError
+
+    def one_more_attempt(self) -> ColumnElement[int]:
+        """``max_attempts`` raised so that a manual retry gets at least one more run."""
+        return self.greatest(J.c.max_attempts, J.c.attempt + 1)
+
+    def ensure_schema(self, conn: Connection, rls_role: str, app_user: str | None) -> None:
+        raise NotImplementedError
+
+    def notify(self, conn: Connection, queues: Iterable[str]) -> None:
+        """Wake workers once the transaction commits."""
+        raise NotImplementedError
+
+    # -- enqueue -----------------------------------------------------------------
+    def insert_jobs(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> list[Inserted]:
+        """Insert *rows*; rows with an idempotency key may resolve to an existing job.
+
+        Keyless rows go in as one multi-row INSERT. A keyed row uses
+        ``ON CONFLICT DO NOTHING`` against the partial unique index, so two
+        concurrent enqueues with the same key cannot both insert: the loser gets
+        the winner's id (after the winner commits, on PostgreSQL).
+        """
+        plain = [r for r in rows if r.get("idempotency_key") is None]
+        results: dict[int, Inserted] = {}
+        if plain:
+            ids = conn.execute(
+                self.insert().returning(J.c.id, sort_by_parameter_order=True), plain
+            ).scalars()
+            for index, job_id in zip(
+                (i for i, r in enumerate(rows) if r.get("idempotency_key") is None),
+                ids,
+                strict=True,
+            ):
+                results[index] = Inserted(int(job_id), True)
+        for index, row in enumerate(rows):
+            if row.get("idempotency_key") is not None:
+                results[index] = self._insert_keyed(conn, row)
+        return [results[i] for i in range(len(rows))]
+
+    def _insert_keyed(self, conn: Connection, row: dict[str, Any]) -> Inserted:
+        stmt = (
+            self.insert()
+            .values(**row)
+            .on_conflict_do_nothing(  # type: ignore[attr-defined]
+                index_elements=[J.c.tenant_id, J.c.idempotency_key],
+                index_where=and_(
+                    J.c.idempotency_key.is_not(None),
+                    J.c.state.in_([s.value for s in PENDING_STATES]),
+                ),
+            )
+            .returning(J.c.id)
+        )
+        for _ in range(5):
+            new_id = conn.execute(stmt).scalar()
+            if new_id is not None:
+                return Inserted(int(new_id), True)
+            existing = conn.execute(
+                select(J.c.id).where(
+                    J.c.tenant_id == row["tenant_id"],
+                    J.c.idempotency_key == row["idempotency_key"],
+                    J.c.state.in_([s.value for s in PENDING_STATES]),
+                )
+            ).scalar()
+            if existing is not None:
+                return Inserted(int(existing), False)
+            # The holder finished between the two statements: try to insert again.
+        raise RuntimeError("idempotent enqueue did not settle after 5 tries")
+
+    # -- claiming and outcomes ---------------------------------------------------
+    def claim(
+        self,
+        conn: Connection,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        tenants: Sequence[str] | None = None,
+    ) -> list[Job]:
+        """Move up to *limit* available jobs to ``running`` under a fresh lease token."""
+        candidates = (
+            select(J.c.id)
+            .where(J.c.state == JobState.AVAILABLE.value, J.c.queue.in_(list(queues)))
+            .order_by(J.c.priority.desc(), J.c.scheduled_at, J.c.id)
+            .limit(limit)
+        )
+        if tenants is not None:
+            candidates = candidates.where(J.c.tenant_id.in_(list(tenants)))
+        candidates = self.lock_for_claim(candidates)
+        chosen = candidates.cte("chosen")
+        stmt = (
+            update(J)
+            .where(J.c.id.in_(select(chosen.c.id)))
+            .values(
+                state=JobState.RUNNING.value,
+                attempt=J.c.attempt + 1,
+                attempted_at=self.now(),
+                lease_expires_at=self.now_plus(lease_seconds),
+                lease_token=str(uuid.uuid4()),
+                worker_id=worker_id,
+            )
+            .returning(*J.c)
+        )
+        jobs = [Job.from_row(r) for r in conn.execute(stmt)]
+        jobs.sort(key=lambda j: (-j.priority, j.scheduled_at, j.id))
+        return jobs
+
+    def lock_for_claim(self, query: Any) -> Any:
+        return query
+
+    def complete(self, conn: Connection, leases: Sequence[Lease]) -> set[int]:
+        """Mark jobs completed; returns the ids whose lease was still theirs."""
+        if not leases:
+            return set()
+        stmt = (
+            update(J)
+            .where(
+                tuple_(J.c.id, J.c.lease_token).in_(list(leases)),
+                J.c.state == JobState.RUNNING.value,
+            )
+            .values(
+                state=JobState.COMPLETED.value,
+                finished_at=self.now(),
+                lease_expires_at=None,
+                lease_token=None,
+            )
+            .returning(J.c.id)
+        )
+        return {int(i) for i in conn.execute(stmt).scalars()}
+
+    def fail(
+        self,
+        conn: Connection,
+        job: Job,
+        error: dict[str, Any],
+        *,
+        retry_at: datetime | None,
+        dead: bool = False,
+    ) -> bool:
+        """Record a failed attempt, fenced on the lease; retry later or dead-letter."""
+        values: dict[str, Any] = {
+            "errors": [*job.errors, error],
+            "lease_expires_at": None,
+            "lease_token": None,
+        }
+        if dead or retry_at is None:
+            values.update(state=JobState.DEAD.value, finished_at=self.now())
+        else:
+            values.update(state=JobState.RETRYABLE.value, scheduled_at=retry_at)
+        result = conn.execute(
+            update(J)
+            .where(
+                J.c.id == job.id,
+                J.c.lease_token == job.lease_token,
+                J.c.state == JobState.RUNNING.value,
+            )
+            .values(**values)
+        )
+        return result.rowcount == 1
+
+    def extend_leases(
+        self, conn: Connection, leases: Sequence[Lease], lease_seconds: float
+    ) -> set[int]:
+        if not leases:
+            return set()
+        stmt = (
+            update(J)
+            .where(
+                tuple_(J.c.id, J.c.lease_token).in_(list(leases)),
+                J.c.state == JobState.RUNNING.value,
+            )
+            .values(lease_expires_at=self.now_plus(lease_seconds))
+            .returning(J.c.id)
+        )
+        return {int(i) for i in conn.execute(stmt).scalars()}
+
+    def release(self, conn: Connection, leases: Sequence[Lease]) -> set[int]:
+        """Hand running jobs back (graceful shutdown): available again, attempt not spent."""
+        if not leases:
+            return set()
+        stmt = (
+            update(J)
+            .where(
+                tuple_(J.c.id, J.c.lease_token).in_(list(leases)),
+                J.c.state == JobState.RUNNING.value,
+            )
+            .values(
+                state=JobState.AVAILABLE.value,
+                attempt=J.c.attempt - 1,
+                lease_expires_at=None,
+                lease_token=None,
+                worker_id=None,
+            )
+            .returning(J.c.id)
+        )
+        return {int(i) for i in conn.execute(stmt).scalars()}
+
+    def rescue_expired(self, conn: Connection, limit: int = 500) -> list[tuple[int, JobState]]:
+        """Return jobs whose lease expired (their worker died) to the queue, or to dead."""
+        expired = self.lock_for_claim(
+            select(J)
+            .where(J.c.state == JobState.RUNNING.value, J.c.lease_expires_at < self.now())
+            .order_by(J.c.lease_expires_at)
+            .limit(limit)
+        )
+        outcomes: list[tuple[int, JobState]] = []
+        for row in conn.execute(expired).all():
+            job = Job.from_row(row)
+            error = {
+                "at": utcnow().isoformat(),
+                "attempt": job.attempt,
+                "type": "LeaseExpired",
+                "message": f"worker {job.worker_id} stopped renewing its lease (crashed or hung)",
+                "traceback": "",
+            }
+            dead = job.attempt >= job.max_attempts
+            state = JobState.DEAD if dead else JobState.AVAILABLE
+            conn.execute(
+                update(J)
+                .where(J.c.id == job.id, J.c.lease_token == job.lease_token)
+                .values(
+                    state=state.value,
+                    errors=[*job.errors, error],
+                    lease_expires_at=None,
+                    lease_token=None,
+                    worker_id=None,
+                    finished_at=self.now() if dead else None,
+                )
+            )
+            outcomes.append((job.id, state))
+        return outcomes
+
+    def stage_due(self, conn: Connection, limit: int = 5000) -> int:
+        """Make scheduled and retryable jobs whose time has come available."""
+        due = self.lock_for_claim(
+            select(J.c.id)
+            .where(
+                J.c.state.in_([JobState.SCHEDULED.value, JobState.RETRYABLE.value]),
+                J.c.scheduled_at <= self.now(),
+            )
+            .limit(limit)
+        ).cte("due")
+        result = conn.execute(
+            update(J).where(J.c.id.in_(select(due.c.id))).values(state=JobState.AVAILABLE.value)
+        )
+        return int(result.rowcount or 0)
+
+    def next_due_at(self, conn: Connection) -> datetime | None:
+        return conn.execute(
+            select(func.min(J.c.scheduled_at)).where(
+                J.c.state.in_([JobState.SCHEDULED.value, JobState.RETRYABLE.value])
+            )
+        ).scalar()
+
+    # -- operations ---------------------------------------------------------------
+    def prune_finished(self, conn: Connection, older_than: timedelta, limit: int) -> int:
+        cutoff = utcnow() - older_than
+        batch = (
+            select(J.c.id)
+            .where(J.c.finished_at.is_not(None), J.c.finished_at < cutoff)
+            .limit(limit)
+            .scalar_subquery()
+        )
+        return int(conn.execute(delete(J).where(J.c.id.in_(batch))).rowcount or 0)
+
+    @staticmethod
+    def finished_filter() -> ColumnElement[bool]:
+        return or_(
+            J.c.state == JobState.COMPLETED.value,
+            J.c.state == JobState.DEAD.value,
+            J.c.state == JobState.CANCELLED.value,
+        )

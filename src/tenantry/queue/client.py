@@ -1,0 +1,471 @@
+"""The queue's client side: enqueue (sync and async) and the operations API.
+
+Enqueueing writes the job row through the caller's session or connection when
+one is given, so the job exists if and only if the caller's transaction
+commits (the outbox pattern without a relay). Without one, tenantry opens a
+session for the current tenant, commits, and only then reports the job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, func, select, update
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm import Session
+
+from tenantry.catalog import IsolationMode
+from tenantry.context import current_tenant
+from tenantry.core import Tenantry
+from tenantry.errors import (
+    ConfigError,
+    CrossTenantAccessError,
+    JobNotFoundError,
+    JobStateError,
+    QueueUnavailableError,
+)
+from tenantry.ids import validate_tenant_id
+from tenantry.logs import get_logger
+from tenantry.queue.backends import Inserted, backend_for, ensure_queue_schema, ensure_store_queue
+from tenantry.queue.job import FINISHED_STATES, PENDING_STATES, Job, JobState, utcnow
+from tenantry.queue.registry import JobRegistry
+from tenantry.queue.schema import jobs_table as J
+from tenantry.queue.sources import JobSource, source_of
+from tenantry.session import TenantSession
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class EnqueuedJob:
+    id: int
+    tenant_id: str
+    kind: str
+    queue: str
+    state: JobState
+    created: bool  # False when an unfinished job with the same idempotency key was returned
+
+
+def _is_connection_failure(exc: BaseException) -> bool:
+    return isinstance(exc, OperationalError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
+
+
+class Queue:
+    """Enqueue jobs for the current tenant and operate on jobs of any tenant."""
+
+    def __init__(self, tenantry: Tenantry, registry: JobRegistry) -> None:
+        self.tenantry = tenantry
+        self.registry = registry
+
+    # -- set-up -------------------------------------------------------------------
+    def setup(self) -> None:
+        """Ensure the jobs table exists in every database that holds tenants."""
+        self.tenantry.setup()
+        for store in self.tenantry.stores.values():
+            ensure_store_queue(store)
+        for tenant in self.tenantry.list_tenants(isolation=IsolationMode.DATABASE):
+            source = JobSource(self.tenantry.store(tenant.store), tenant.id)
+            with source.engine().begin() as conn:
+                ensure_queue_schema(conn, source.store)
+
+    # -- enqueue --------------------------------------------------------------------
+    def _rows(
+        self,
+        tenant_id: str,
+        kind: str,
+        payloads: Sequence[Any],
+        *,
+        delay: float | timedelta | None,
+        run_at: datetime | None,
+        priority: int | None,
+        queue: str | None,
+        max_attempts: int | None,
+        idempotency_key: str | None,
+        correlation_id: str | None,
+    ) -> list[dict[str, Any]]:
+        handler = self.registry.get(kind)
+        if delay is not None and run_at is not None:
+            raise ConfigError("give delay or run_at, not both")
+        now = utcnow()
+        when = now
+        if run_at is not None:
+            if run_at.tzinfo is None:
+                raise ConfigError("run_at must be timezone-aware")
+            when = run_at
+        elif delay is not None:
+            when = now + (delay if isinstance(delay, timedelta) else timedelta(seconds=delay))
+        attempts = max_attempts if max_attempts is not None else handler.retry.max_attempts
+        if attempts < 1:
+            raise ConfigError("max_attempts must be at least 1")
+        if idempotency_key is not None and (not idempotency_key or len(idempotency_key) > 200):
+            raise ConfigError("idempotency_key must be 1-200 characters")
+        state = JobState.SCHEDULED if when > now else JobState.AVAILABLE
+        return [
+            {
+                "tenant_id": tenant_id,
+                "queue": queue or handler.queue,
+                "kind": kind,
+                "payload": handler.dump(p),
+                "priority": handler.priority if priority is None else priority,
+                "state": state.value,
+                "attempt": 0,
+                "max_attempts": attempts,
+                "scheduled_at": when,
+                "errors": [],
+                "idempotency_key": idempotency_key,
+                "correlation_id": correlation_id,
+                "created_at": now,
+            }
+            for p in payloads
+        ]
+
+    def _write(self, conn: Connection, rows: list[dict[str, Any]]) -> list[EnqueuedJob]:
+        backend = backend_for(conn.dialect.name)
+        inserted: list[Inserted] = backend.insert_jobs(conn, rows)
+        backend.notify(conn, {r["queue"] for r in rows})
+        return [
+            EnqueuedJob(
+                i.id, r["tenant_id"], r["kind"], r["queue"], JobState(r["state"]), i.created
+            )
+            for i, r in zip(inserted, rows, strict=True)
+        ]
+
+    @staticmethod
+    def _check_session_tenant(session: Session | AsyncSession, tenant_id: str) -> None:
+        sync = session.sync_session if isinstance(session, AsyncSession) else session
+        if isinstance(sync, TenantSession) and sync.tenant_id != tenant_id:
+            raise CrossTenantAccessError(
+                f"session of tenant {sync.tenant_id!r} used to enqueue for tenant {tenant_id!r}"
+            )
+
+    def enqueue(
+        self,
+        kind: str,
+        payload: Any,
+        *,
+        session: Session | None = None,
+        connection: Connection | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+    ) -> EnqueuedJob:
+        """Enqueue one job for the current tenant (in *session*'s transaction if given)."""
+        return self.enqueue_many(
+            kind,
+            [payload],
+            session=session,
+            connection=connection,
+            delay=delay,
+            run_at=run_at,
+            priority=priority,
+            queue=queue,
+            max_attempts=max_attempts,
+            idempotency_key=idempotency_key,
+            correlation_id=correlation_id,
+        )[0]
+
+    def enqueue_many(
+        self,
+        kind: str,
+        payloads: Sequence[Any],
+        *,
+        session: Session | None = None,
+        connection: Connection | None = None,
+        **options: Any,
+    ) -> list[EnqueuedJob]:
+        """Enqueue many jobs of one kind with a single multi-row INSERT."""
+        tenant_id = current_tenant()
+        options.setdefault("idempotency_key", None)
+        if options["idempotency_key"] is not None and len(payloads) > 1:
+            raise ConfigError("an idempotency key applies to one job; enqueue them one by one")
+        rows = self._rows(tenant_id, kind, payloads, **_enqueue_options(options))
+        if not rows:
+            return []
+        if session is not None:
+            self._check_session_tenant(session, tenant_id)
+            return self._write(session.connection(), rows)
+        if connection is not None:
+            return self._write(connection, rows)
+        return self._standalone(lambda conn: self._write(conn, rows))
+
+    def _standalone(self, work: Callable[[Connection], T]) -> T:
+        try:
+            with self.tenantry.session() as s:
+                result = work(s.connection())
+                s.commit()
+                return result
+        except DBAPIError as exc:
+            if _is_connection_failure(exc):
+                raise QueueUnavailableError(
+                    f"the queue's database is unreachable; the job was NOT enqueued "
+                    f"({type(exc.orig).__name__})"
+                ) from exc
+            raise
+
+    async def aenqueue(
+        self,
+        kind: str,
+        payload: Any,
+        *,
+        session: AsyncSession | None = None,
+        connection: AsyncConnection | None = None,
+        **options: Any,
+    ) -> EnqueuedJob:
+        return (
+            await self.aenqueue_many(
+                kind, [payload], session=session, connection=connection, **options
+            )
+        )[0]
+
+    async def aenqueue_many(
+        self,
+        kind: str,
+        payloads: Sequence[Any],
+        *,
+        session: AsyncSession | None = None,
+        connection: AsyncConnection | None = None,
+        **options: Any,
+    ) -> list[EnqueuedJob]:
+        tenant_id = current_tenant()
+        options.setdefault("idempotency_key", None)
+        if options["idempotency_key"] is not None and len(payloads) > 1:
+            raise ConfigError("an idempotency key applies to one job; enqueue them one by one")
+        rows = self._rows(tenant_id, kind, payloads, **_enqueue_options(options))
+        if not rows:
+            return []
+        if session is not None:
+            self._check_session_tenant(session, tenant_id)
+            conn = await session.connection()
+            return await conn.run_sync(self._write, rows)
+        if connection is not None:
+            return await connection.run_sync(self._write, rows)
+        try:
+            async with self.tenantry.async_session() as s:
+                conn = await s.connection()
+                result = await conn.run_sync(self._write, rows)
+                await s.commit()
+                return result
+        except DBAPIError as exc:
+            if _is_connection_failure(exc):
+                raise QueueUnavailableError(
+                    f"the queue's database is unreachable; the job was NOT enqueued "
+                    f"({type(exc.orig).__name__})"
+                ) from exc
+            raise
+
+    # -- operations ------------------------------------------------------------------
+    def sources(
+        self, *, stores: Sequence[str] | None = None, tenants: Sequence[str] | None = None
+    ) -> list[JobSource]:
+        """Every jobs table, optionally only those of some stores or tenants."""
+        found: dict[str, JobSource] = {}
+        catalog = self.tenantry.list_tenants()
+        wanted = set(tenants) if tenants is not None else None
+        for tenant in catalog:
+            if wanted is not None and tenant.id not in wanted:
+                continue
+            if stores is not None and tenant.store not in stores:
+                continue
+            source = source_of(tenant, self.tenantry.store(tenant.store))
+            found.setdefault(source.key, source)
+        if wanted is None:
+            for store in self.tenantry.stores.values():
+                if stores is None or store.name in stores:
+                    found.setdefault(store.name, JobSource(store))
+        return [found[k] for k in sorted(found)]
+
+    def source_for(self, tenant_id: str) -> JobSource:
+        tenant = self.tenantry.catalog.get(validate_tenant_id(tenant_id), cached=False)
+        return source_of(tenant, self.tenantry.store(tenant.store))
+
+    def get_job(self, tenant_id: str, job_id: int) -> Job:
+        source = self.source_for(tenant_id)
+        with source.engine().connect() as conn:
+            row = conn.execute(
+                select(J).where(J.c.id == job_id, J.c.tenant_id == tenant_id)
+            ).first()
+        if row is None:
+            raise JobNotFoundError(f"no job {job_id} for tenant {tenant_id!r}")
+        return Job.from_row(row)
+
+    def list_jobs(
+        self,
+        *,
+        tenant_id: str | None = None,
+        state: JobState | str | None = None,
+        kind: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Job]:
+        """Jobs newest first, filtered; across every source when no tenant is given."""
+        query = select(J).order_by(J.c.created_at.desc(), J.c.id.desc()).limit(limit + offset)
+        if tenant_id is not None:
+            query = query.where(J.c.tenant_id == validate_tenant_id(tenant_id))
+        if state is not None:
+            query = query.where(J.c.state == JobState(state).value)
+        if kind is not None:
+            query = query.where(J.c.kind == kind)
+        if queue is not None:
+            query = query.where(J.c.queue == queue)
+        sources = [self.source_for(tenant_id)] if tenant_id else self.sources()
+        jobs: list[Job] = []
+        for source in sources:
+            with source.engine().connect() as conn:
+                jobs.extend(Job.from_row(r) for r in conn.execute(query))
+        jobs.sort(key=lambda j: (j.created_at, j.id), reverse=True)
+        return jobs[offset : offset + limit]
+
+    def count_jobs(self, *, tenant_id: str | None = None) -> dict[str, int]:
+        """Jobs per state (for one tenant or all)."""
+        query = select(J.c.state, func.count()).group_by(J.c.state)
+        if tenant_id is not None:
+            query = query.where(J.c.tenant_id == validate_tenant_id(tenant_id))
+        sources = [self.source_for(tenant_id)] if tenant_id else self.sources()
+        counts = {s.value: 0 for s in JobState}
+        for source in sources:
+            with source.engine().connect() as conn:
+                for state, n in conn.execute(query):
+                    counts[state] += int(n)
+        return counts
+
+    def _transition(
+        self,
+        tenant_id: str,
+        job_id: int,
+        allowed: Sequence[JobState],
+        values: dict[str, Any],
+    ) -> Job:
+        source = self.source_for(tenant_id)
+        with source.engine().begin() as conn:
+            row = conn.execute(
+                update(J)
+                .where(
+                    J.c.id == job_id,
+                    J.c.tenant_id == tenant_id,
+                    J.c.state.in_([s.value for s in allowed]),
+                )
+                .values(**values)
+                .returning(*J.c)
+            ).first()
+        if row is None:
+            job = self.get_job(tenant_id, job_id)  # raises JobNotFoundError
+            raise JobStateError(
+                f"job {job_id} is {job.state.value}; allowed from: "
+                + ", ".join(s.value for s in allowed)
+            )
+        return Job.from_row(row)
+
+    def retry_job(self, tenant_id: str, job_id: int) -> Job:
+        """Run a dead, cancelled or waiting job again now, with one more attempt allowed."""
+        return self._transition(
+            tenant_id,
+            job_id,
+            [JobState.DEAD, JobState.CANCELLED, JobState.RETRYABLE, JobState.SCHEDULED],
+            {
+                "state": JobState.AVAILABLE.value,
+                "scheduled_at": utcnow(),
+                "finished_at": None,
+                "max_attempts": self.source_for(tenant_id).backend.one_more_attempt(),
+            },
+        )
+
+    def retry_dead(self, tenant_id: str) -> int:
+        """Requeue every dead job of a tenant; returns how many."""
+        source = self.source_for(tenant_id)
+        with source.engine().begin() as conn:
+            result = conn.execute(
+                update(J)
+                .where(J.c.tenant_id == tenant_id, J.c.state == JobState.DEAD.value)
+                .values(
+                    state=JobState.AVAILABLE.value,
+                    scheduled_at=utcnow(),
+                    finished_at=None,
+                    max_attempts=source.backend.one_more_attempt(),
+                )
+            )
+        return int(result.rowcount or 0)
+
+    def cancel_job(self, tenant_id: str, job_id: int) -> Job:
+        """Cancel an unfinished job. A running one keeps running, but its outcome is void."""
+        return self._transition(
+            tenant_id,
+            job_id,
+            PENDING_STATES,
+            {
+                "state": JobState.CANCELLED.value,
+                "finished_at": utcnow(),
+                "lease_token": None,
+                "lease_expires_at": None,
+            },
+        )
+
+    def purge(
+        self,
+        *,
+        tenant_id: str | None = None,
+        states: Sequence[JobState] = FINISHED_STATES,
+        older_than: timedelta | None = None,
+    ) -> int:
+        """Delete finished jobs now (all of them, or of one tenant, or older than a cutoff)."""
+        bad = [s for s in states if JobState(s) not in FINISHED_STATES]
+        if bad:
+            raise JobStateError("only finished jobs can be purged")
+        total = 0
+        sources = [self.source_for(tenant_id)] if tenant_id else self.sources()
+        for source in sources:
+            query = J.delete().where(J.c.state.in_([JobState(s).value for s in states]))
+            if tenant_id is not None:
+                query = query.where(J.c.tenant_id == tenant_id)
+            if older_than is not None:
+                query = query.where(J.c.finished_at < utcnow() - older_than)
+            with source.engine().begin() as conn:
+                total += int(conn.execute(query).rowcount or 0)
+        return total
+
+    def prune(
+        self, older_than: timedelta, *, batch_size: int = 1000, max_batches: int = 1000
+    ) -> int:
+        """Retention: delete jobs finished before the cutoff, in bounded batches.
+
+        Each batch is its own short transaction, so pruning a large backlog never
+        holds long locks or bloats one huge transaction.
+        """
+        total = 0
+        for source in self.sources():
+            for _ in range(max_batches):
+                with source.engine().begin() as conn:
+                    n = source.backend.prune_finished(conn, older_than, batch_size)
+                total += n
+                if n < batch_size:
+                    break
+        return total
+
+
+_OPTION_NAMES = (
+    "delay",
+    "run_at",
+    "priority",
+    "queue",
+    "max_attempts",
+    "idempotency_key",
+    "correlation_id",
+)
+
+
+def _enqueue_options(options: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(options) - set(_OPTION_NAMES)
+    if unknown:
+        raise ConfigError(f"unknown enqueue options: {', '.join(sorted(unknown))}")
+    return {name: options.get(name) for name in _OPTION_NAMES}

@@ -1,0 +1,36 @@
+"""What a handler receives besides its payload."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tenantry.queue.job import Job
+
+if TYPE_CHECKING:
+    from tenantry.core import Tenantry
+
+
+@dataclass
+class JobContext:
+    """The running job, its tenant, and (for transactional handlers) its session.
+
+    ``session`` is a sync ``Session`` for sync handlers and an ``AsyncSession``
+    for async ones; it is ``None`` for non-transactional handlers, which open
+    their own with ``ctx.tenantry.session()`` (the tenant is already set).
+    """
+
+    job: Job
+    tenantry: Tenantry
+    worker_id: str
+    logger: logging.Logger
+    session: Any = None
+
+    @property
+    def tenant_id(self) -> str:
+        return self.job.tenant_id
+
+    @property
+    def attempt(self) -> int:
+        return self.job.attempt

@@ -1,0 +1,154 @@
+"""Handlers: one per job kind, each with a typed payload.
+
+Payload types may be pydantic models, dataclasses, TypedDicts or any type
+pydantic's ``TypeAdapter`` understands. Payloads are validated when enqueued
+(so a bad one never reaches the table) and again when run (the table may hold
+rows written by an older version of the code, or by hand).
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from tenantry.errors import ConfigError, PayloadValidationError, UnknownJobKind
+from tenantry.queue.retry import RetryPolicy
+
+HandlerFn = Callable[..., Any]
+_KIND_MAX = 200
+
+
+@dataclass(frozen=True)
+class Handler:
+    kind: str
+    fn: HandlerFn
+    payload_type: Any
+    is_async: bool
+    transactional: bool
+    timeout: float | None
+    retry: RetryPolicy
+    queue: str
+    priority: int
+    adapter: TypeAdapter[Any] = field(repr=False, compare=False)
+
+    def validate(self, payload: Any) -> Any:
+        """The payload as the handler's type; raises :class:`PayloadValidationError`."""
+        try:
+            if isinstance(payload, (str, bytes)) and self.payload_type not in (str, bytes):
+                return self.adapter.validate_json(payload)
+            return self.adapter.validate_python(payload)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "payload"
+            raise PayloadValidationError(
+                f"invalid payload for {self.kind!r}: {where}: {first['msg']}"
+                f" ({exc.error_count()} error(s))"
+            ) from exc
+
+    def dump(self, payload: Any) -> Any:
+        """Validate and return the JSON-ready form stored in the jobs table."""
+        return self.adapter.dump_python(self.validate(payload), mode="json")
+
+
+def _payload_type_of(fn: HandlerFn) -> Any:
+    params = list(inspect.signature(fn).parameters.values())
+    if len(params) != 2:
+        raise ConfigError(
+            f"handler {fn.__qualname__} must take (ctx, payload); "
+            f"it takes {len(params)} argument(s)"
+        )
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception as exc:  # unresolvable annotations: say so plainly
+        raise ConfigError(f"cannot resolve annotations of {fn.__qualname__}: {exc}") from exc
+    if params[1].name not in hints:
+        raise ConfigError(
+            f"handler {fn.__qualname__}: annotate the payload parameter or pass payload=..."
+        )
+    return hints[params[1].name]
+
+
+class JobRegistry:
+    """The application's job kinds and their handlers."""
+
+    def __init__(self, *, default_retry: RetryPolicy | None = None) -> None:
+        self._handlers: dict[str, Handler] = {}
+        self.default_retry = default_retry or RetryPolicy()
+
+    def handler(
+        self,
+        kind: str | None = None,
+        *,
+        payload: Any = None,
+        queue: str = "default",
+        priority: int = 0,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        transactional: bool = False,
+    ) -> Callable[[HandlerFn], HandlerFn]:
+        """Register ``fn(ctx, payload)`` for *kind* (default: the function's name).
+
+        ``transactional=True``: the handler gets ``ctx.session`` inside a
+        transaction that also marks the job completed, so its database writes
+        happen exactly once.
+        """
+
+        def register(fn: HandlerFn) -> HandlerFn:
+            name = kind or fn.__name__
+            if not name or len(name) > _KIND_MAX:
+                raise ConfigError(f"job kind must be 1-{_KIND_MAX} characters")
+            if name in self._handlers:
+                raise ConfigError(f"a handler for {name!r} is already registered")
+            if timeout is not None and timeout <= 0:
+                raise ConfigError("timeout must be positive")
+            policy = retry or self.default_retry
+            if max_attempts is not None:
+                policy = RetryPolicy(
+                    max_attempts=max_attempts,
+                    base=policy.base,
+                    factor=policy.factor,
+                    max_delay=policy.max_delay,
+                    jitter=policy.jitter,
+                )
+            ptype = payload if payload is not None else _payload_type_of(fn)
+            self._handlers[name] = Handler(
+                kind=name,
+                fn=fn,
+                payload_type=ptype,
+                is_async=inspect.iscoroutinefunction(fn),
+                transactional=transactional,
+                timeout=timeout,
+                retry=policy,
+                queue=queue,
+                priority=priority,
+                adapter=TypeAdapter(ptype),
+            )
+            return fn
+
+        return register
+
+    def get(self, kind: str) -> Handler:
+        try:
+            return self._handlers[kind]
+        except KeyError:
+            raise UnknownJobKind(f"no handler registered for job kind {kind!r}") from None
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._handlers
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted(self._handlers)
+
+    @property
+    def queues(self) -> list[str]:
+        return sorted({h.queue for h in self._handlers.values()})
+
+
+__all__ = ["Handler", "JobRegistry"]

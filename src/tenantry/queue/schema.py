@@ -1,0 +1,96 @@
+"""The ``jobs`` table, created in every database that holds tenant data.
+
+Claiming reads only runnable rows, through partial indexes whose predicate
+is the state: finished jobs (however many) are not in those indexes, so the
+cost of a claim does not grow with history. Future work (``scheduled`` and
+``retryable``) has its own partial index on ``scheduled_at`` for staging.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    text,
+)
+from sqlalchemy.dialects import postgresql
+
+from tenantry.models import TENANTRY_SCHEMA
+
+queue_metadata = MetaData(schema=TENANTRY_SCHEMA)
+
+_JSON = JSON().with_variant(postgresql.JSONB(), "postgresql")
+_ID = BigInteger().with_variant(Integer(), "sqlite")  # SQLite rowid aliasing needs INTEGER
+
+jobs_table = Table(
+    "jobs",
+    queue_metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(40), nullable=False),
+    Column("queue", String(100), nullable=False, server_default="default"),
+    Column("kind", String(200), nullable=False),
+    Column("payload", _JSON, nullable=False),
+    Column("priority", SmallInteger, nullable=False, server_default="0"),
+    Column("state", String(16), nullable=False),
+    Column("attempt", Integer, nullable=False, server_default="0"),
+    Column("max_attempts", Integer, nullable=False),
+    Column("scheduled_at", DateTime(timezone=True), nullable=False),
+    Column("attempted_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("lease_expires_at", DateTime(timezone=True)),
+    Column("lease_token", String(36)),
+    Column("worker_id", String(100)),
+    Column("errors", _JSON, nullable=False),
+    Column("idempotency_key", String(200)),
+    Column("correlation_id", String(200)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+_RUNNABLE = "state = 'available'"
+_WAITING = "state IN ('scheduled', 'retryable')"
+_PENDING = "state IN ('scheduled', 'available', 'running', 'retryable')"
+
+Index(
+    "ix_jobs_claim",
+    jobs_table.c.queue,
+    jobs_table.c.priority.desc(),
+    jobs_table.c.scheduled_at,
+    jobs_table.c.id,
+    postgresql_where=text(_RUNNABLE),
+    sqlite_where=text(_RUNNABLE),
+)
+Index(
+    "ix_jobs_waiting",
+    jobs_table.c.scheduled_at,
+    postgresql_where=text(_WAITING),
+    sqlite_where=text(_WAITING),
+)
+Index(
+    "ix_jobs_lease",
+    jobs_table.c.lease_expires_at,
+    postgresql_where=text("state = 'running'"),
+    sqlite_where=text("state = 'running'"),
+)
+Index(
+    "uq_jobs_idempotency",
+    jobs_table.c.tenant_id,
+    jobs_table.c.idempotency_key,
+    unique=True,
+    postgresql_where=text(f"idempotency_key IS NOT NULL AND {_PENDING}"),
+    sqlite_where=text(f"idempotency_key IS NOT NULL AND {_PENDING}"),
+)
+Index("ix_jobs_tenant_state", jobs_table.c.tenant_id, jobs_table.c.state, jobs_table.c.kind)
+Index(
+    "ix_jobs_finished",
+    jobs_table.c.finished_at,
+    postgresql_where=text("finished_at IS NOT NULL"),
+    sqlite_where=text("finished_at IS NOT NULL"),
+)

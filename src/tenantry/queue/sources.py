@@ -1,0 +1,48 @@
+"""Where jobs live: one source per database that holds tenant data.
+
+Shared and schema tenants keep their jobs in their store's database
+(``tenantry.jobs``); each database-per-tenant tenant has a jobs table in its
+own database. Workers and operations reach each source as the store's admin
+(owner) login, which is not subject to the jobs table's row-level security.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tenantry.catalog import IsolationMode, Tenant
+from tenantry.queue.backends import QueueBackend, backend_for
+from tenantry.stores import Store
+
+
+@dataclass(frozen=True)
+class JobSource:
+    store: Store
+    tenant_id: str | None = None  # set for a database-per-tenant database
+
+    @property
+    def key(self) -> str:
+        return f"{self.store.name}/{self.tenant_id}" if self.tenant_id else self.store.name
+
+    @property
+    def backend(self) -> QueueBackend:
+        return backend_for(self.store.dialect)
+
+    def engine(self) -> Engine:
+        if self.tenant_id is None:
+            return self.store.admin_engine()
+        return self.store.tenant_engine(self.tenant_id, admin=True)
+
+    def async_engine(self) -> AsyncEngine:
+        if self.tenant_id is None:
+            return self.store.async_engine(admin=True)
+        return self.store.tenant_async_engine(self.tenant_id, admin=True)
+
+
+def source_of(tenant: Tenant, store: Store) -> JobSource:
+    if tenant.isolation is IsolationMode.DATABASE:
+        return JobSource(store, tenant.id)
+    return JobSource(store)

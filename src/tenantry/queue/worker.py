@@ -1,0 +1,694 @@
+"""The worker: claims jobs, runs handlers with their tenant set, records outcomes.
+
+One asyncio loop per process runs:
+
+* the claim loop, which fills free slots (plus a small prefetch buffer) from
+  every job source, woken by LISTEN/NOTIFY (PostgreSQL), an in-process signal
+  (SQLite) or, failing both, a poll interval;
+* one task per running job, inside ``tenant_context(job.tenant_id)``;
+* a completer that acknowledges finished jobs in batches, one statement per
+  source;
+* a heartbeat that extends the leases of every job this worker holds;
+* maintenance: staging due scheduled/retryable jobs and rescuing jobs whose
+  lease expired because their worker died.
+
+Every outcome is fenced on the job's lease token and ``state = 'running'``: a
+worker whose lease was taken over (it stalled, or was presumed dead) cannot
+overwrite the newer attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import psycopg
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tenantry.context import tenant_context
+from tenantry.core import Tenantry
+from tenantry.errors import (
+    LeaseLostError,
+    PayloadValidationError,
+    TenantryError,
+    UnknownJobKind,
+)
+from tenantry.logs import get_logger
+from tenantry.queue.backends.postgres import CHANNEL
+from tenantry.queue.backends.sqlite import wakeups
+from tenantry.queue.client import Queue
+from tenantry.queue.context import JobContext
+from tenantry.queue.job import Job, utcnow
+from tenantry.queue.registry import Handler, JobRegistry
+from tenantry.queue.retry import RetryPolicy
+from tenantry.queue.sources import JobSource
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+#: Exceptions that mean "the database is away", not "the job failed".
+DB_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, psycopg.Error, OSError)
+
+
+class JobTimeoutError(TenantryError, TimeoutError):
+    """The handler ran longer than its timeout; the attempt counts as failed."""
+
+
+@dataclass
+class WorkerStats:
+    claimed: int = 0
+    completed: int = 0
+    retried: int = 0
+    dead: int = 0
+    lost: int = 0
+    released: int = 0
+    rescued: int = 0
+
+
+@dataclass
+class _Held:
+    source: JobSource
+    job: Job
+    task: asyncio.Task[None] | None = None
+    done: bool = False
+
+
+@dataclass
+class _Backoff:
+    """Exponential reconnect delays per source, so one dead store does not stall others."""
+
+    until: dict[str, float] = field(default_factory=dict)
+    delay: dict[str, float] = field(default_factory=dict)
+
+    def ready(self, key: str) -> bool:
+        return time.monotonic() >= self.until.get(key, 0.0)
+
+    def failed(self, key: str) -> float:
+        delay = min(30.0, max(0.2, self.delay.get(key, 0.1) * 2))
+        self.delay[key] = delay
+        self.until[key] = time.monotonic() + delay
+        return delay
+
+    def ok(self, key: str) -> None:
+        if key in self.delay:
+            self.delay.pop(key, None)
+            self.until.pop(key, None)
+            log.info("source %s is reachable again", key)
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    """Runs jobs from every source the catalog knows (or a subset)."""
+
+    def __init__(
+        self,
+        tenantry: Tenantry,
+        registry: JobRegistry,
+        *,
+        concurrency: int = 10,
+        prefetch: int | None = None,
+        queues: Sequence[str] | None = None,
+        stores: Sequence[str] | None = None,
+        tenants: Sequence[str] | None = None,
+        lease_seconds: float = 30.0,
+        heartbeat_interval: float | None = None,
+        poll_interval: float = 1.0,
+        rescue_interval: float = 5.0,
+        refresh_interval: float = 10.0,
+        shutdown_grace: float = 30.0,
+        completion_batch: int = 500,
+        listen: bool = True,
+        worker_id: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.tenantry = tenantry
+        self.registry = registry
+        self.queue = Queue(tenantry, registry)
+        self.concurrency = concurrency
+        self.prefetch = concurrency if prefetch is None else prefetch
+        self.queues = list(queues) if queues else (registry.queues or ["default"])
+        self.store_filter = list(stores) if stores else None
+        self.tenant_filter = list(tenants) if tenants else None
+        self.lease_seconds = lease_seconds
+        self.heartbeat_interval = heartbeat_interval or lease_seconds / 3
+        self.poll_interval = poll_interval
+        self.rescue_interval = rescue_interval
+        self.refresh_interval = refresh_interval
+        self.shutdown_grace = shutdown_grace
+        self.completion_batch = completion_batch
+        self.listen = listen
+        self.worker_id = worker_id or _default_worker_id()
+        self.stats = WorkerStats()
+
+        self._sources: list[JobSource] = []
+        self._rotation = 0
+        self._held: dict[tuple[str, int], _Held] = {}
+        self._buffer: deque[_Held] = deque()
+        self._running = 0
+        self._to_complete: list[_Held] = []
+        self._stopping = False
+        self._hard_stop = False
+        self._started = asyncio.Event()
+        self._backoff = _Backoff()
+        self._executor = ThreadPoolExecutor(
+            max_workers=concurrency, thread_name_prefix="tenantry-job"
+        )
+        self._claim_engines: dict[str, AsyncEngine] = {}
+        self._unsubscribe: list[Callable[[], None]] = []
+        self._listeners: dict[str, asyncio.Task[None]] = {}
+        self._signals = 0
+
+    # -- public control ---------------------------------------------------------
+    def stop(self, *, hard: bool = False) -> None:
+        """Stop claiming; with ``hard=True`` also cancel running jobs at once."""
+        self._stopping = True
+        self._hard_stop = self._hard_stop or hard
+        wake = getattr(self, "_wake", None)
+        if wake is not None:
+            wake.set()
+        done = getattr(self, "_hard_event", None)
+        if hard and done is not None:
+            done.set()
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        hard = self._signals > 1
+        log.warning(
+            "received %s: %s",
+            signal.Signals(signum).name,
+            "stopping hard" if hard else f"draining (grace {self.shutdown_grace:g}s)",
+        )
+        self.stop(hard=hard)
+
+    async def wait_started(self) -> None:
+        await self._started.wait()
+
+    # -- main ---------------------------------------------------------------------
+    async def run(self, *, install_signals: bool = False) -> WorkerStats:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._wake = asyncio.Event()
+        self._ack = asyncio.Event()
+        self._hard_event = asyncio.Event()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        await self._refresh_sources()
+        background = [
+            asyncio.create_task(self._completer(), name="tenantry-completer"),
+            asyncio.create_task(self._heartbeat(), name="tenantry-heartbeat"),
+            asyncio.create_task(self._maintenance(), name="tenantry-maintenance"),
+        ]
+        log.info(
+            "worker %s started: %d slots, queues %s, %d source(s)",
+            self.worker_id,
+            self.concurrency,
+            ",".join(self.queues),
+            len(self._sources),
+        )
+        self._started.set()
+        try:
+            await self._claim_loop()
+            await self._drain()
+        finally:
+            for task in background:
+                task.cancel()
+            for task in self._listeners.values():
+                task.cancel()
+            await asyncio.gather(*background, *self._listeners.values(), return_exceptions=True)
+            await self._flush_completions(final=True)
+            for unsubscribe in self._unsubscribe:
+                unsubscribe()
+            if install_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            log.info("worker %s stopped: %s", self.worker_id, self.stats)
+        return self.stats
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            self._start_buffered()
+            want = self.concurrency + self.prefetch - self._running - len(self._buffer)
+            got = 0
+            if (
+                want > 0
+                and self._running + len(self._buffer) < self.concurrency + self.prefetch // 2 + 1
+            ):
+                got = await self._claim_round(want)
+                self._start_buffered()
+            if got and got >= want:
+                continue  # there may be more: claim again as soon as slots allow
+            if self._stopping:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+
+    def _start_buffered(self) -> None:
+        while self._buffer and self._running < self.concurrency and not self._stopping:
+            held = self._buffer.popleft()
+            self._running += 1
+            held.task = asyncio.create_task(self._run_job(held))
+
+    async def _claim_round(self, want: int) -> int:
+        sources = self._sources
+        if not sources:
+            return 0
+        total = 0
+        n = len(sources)
+        start = self._rotation % n
+        self._rotation += 1
+        for i in range(n):
+            if total >= want or self._stopping:
+                break
+            source = sources[(start + i) % n]
+            if not self._backoff.ready(source.key):
+                continue
+            try:
+                jobs = await self._claim(source, want - total)
+            except DB_ERRORS as exc:
+                delay = self._backoff.failed(source.key)
+                log.warning(
+                    "claim from %s failed (%s: %s); retrying in %.1fs",
+                    source.key,
+                    type(exc).__name__,
+                    _short(exc),
+                    delay,
+                )
+                continue
+            self._backoff.ok(source.key)
+            for job in jobs:
+                held = _Held(source, job)
+                self._held[(source.key, job.id)] = held
+                self._buffer.append(held)
+            total += len(jobs)
+        self.stats.claimed += total
+        return total
+
+    async def _claim(self, source: JobSource, limit: int) -> list[Job]:
+        engine = self._claim_engines.get(source.key)
+        if engine is None:
+            engine = source.async_engine().execution_options(**source.backend.claim_options)
+            self._claim_engines[source.key] = engine
+        backend = source.backend
+        async with engine.begin() as conn:
+            return await conn.run_sync(
+                lambda c: backend.claim(
+                    c,
+                    worker_id=self.worker_id,
+                    queues=self.queues,
+                    limit=limit,
+                    lease_seconds=self.lease_seconds,
+                    tenants=self._tenants_for(source),
+                )
+            )
+
+    def _tenants_for(self, source: JobSource) -> list[str] | None:
+        if source.tenant_id is not None or self.tenant_filter is None:
+            return None
+        return self.tenant_filter
+
+    # -- running one job ----------------------------------------------------------
+    async def _run_job(self, held: _Held) -> None:
+        job = held.job
+        try:
+            async with tenant_context(job.tenant_id):
+                await self._execute(held)
+        except asyncio.CancelledError:
+            # Shutdown past the grace period: the drain releases the lease.
+            raise
+        except Exception:  # a worker must survive anything a job does
+            log.exception("internal error running job %s", job.id)
+        finally:
+            self._running -= 1
+            self._wake.set()
+
+    async def _execute(self, held: _Held) -> None:
+        job, source = held.job, held.source
+        try:
+            handler = self.registry.get(job.kind)
+            payload = handler.validate(job.payload)
+        except (UnknownJobKind, PayloadValidationError) as exc:
+            # A poison message: retrying cannot help, so it is dead at once.
+            log.error("job %s (%s) is dead at once: %s", job.id, job.kind, exc)
+            await self._record_failure(held, exc, self.registry.default_retry, dead=True)
+            return
+        ctx = JobContext(job=job, tenantry=self.tenantry, worker_id=self.worker_id, logger=log)
+        try:
+            await self._call(handler, ctx, payload, source)
+        except LeaseLostError as exc:
+            self._forget(held)
+            self.stats.lost += 1
+            log.warning("job %s: %s", job.id, exc)
+            return
+        except TimeoutError:
+            exc_timeout = JobTimeoutError(
+                f"job {job.id} ({job.kind}) exceeded its timeout of {handler.timeout:g}s"
+            )
+            await self._record_failure(held, exc_timeout, handler.retry)
+            return
+        except Exception as exc:  # handler failures are data, not crashes
+            await self._record_failure(held, exc, handler.retry)
+            return
+        if handler.transactional:
+            self._forget(held)
+            self.stats.completed += 1
+        else:
+            held.done = True
+            self._to_complete.append(held)
+            self._ack.set()
+
+    async def _call(
+        self, handler: Handler, ctx: JobContext, payload: Any, source: JobSource
+    ) -> None:
+        if handler.transactional:
+            call: Awaitable[None] = (
+                self._transactional_async(handler, ctx, payload, source)
+                if handler.is_async
+                else self._in_thread(self._transactional_sync, handler, ctx, payload, source)
+            )
+        elif handler.is_async:
+            call = handler.fn(ctx, payload)
+        else:
+            call = self._in_thread(handler.fn, ctx, payload)
+        if handler.timeout is None:
+            await call
+        else:
+            await asyncio.wait_for(call, handler.timeout)
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        # copy_context: the thread sees this task's tenant, and nothing leaks back.
+        ctx = copy_context()
+        return await self._loop.run_in_executor(self._executor, lambda: ctx.run(fn, *args))
+
+    def _transactional_sync(
+        self, handler: Handler, ctx: JobContext, payload: Any, source: JobSource
+    ) -> None:
+        with self.tenantry.session() as session, session.begin():
+            ctx.session = session
+            handler.fn(ctx, payload)
+            _complete_in(session.connection(), source, ctx.job)
+
+    async def _transactional_async(
+        self, handler: Handler, ctx: JobContext, payload: Any, source: JobSource
+    ) -> None:
+        async with self.tenantry.async_session() as session, session.begin():
+            ctx.session = session
+            await handler.fn(ctx, payload)
+            await session.run_sync(lambda s: _complete_in(s.connection(), source, ctx.job))
+
+    # -- outcomes -------------------------------------------------------------------
+    def _forget(self, held: _Held) -> None:
+        self._held.pop((held.source.key, held.job.id), None)
+
+    async def _record_failure(
+        self, held: _Held, exc: BaseException, policy: RetryPolicy, *, dead: bool = False
+    ) -> None:
+        job, source = held.job, held.source
+        dead = dead or job.attempt >= job.max_attempts
+        retry_at = None if dead else utcnow() + timedelta(seconds=policy.delay(job.attempt))
+        error = {
+            "at": utcnow().isoformat(),
+            "attempt": job.attempt,
+            "type": type(exc).__name__,
+            "message": str(exc)[:2000],
+            "traceback": "".join(traceback.format_exception(exc))[-8000:],
+        }
+        for attempt in range(5):
+            try:
+                async with source.async_engine().begin() as conn:
+                    ok = await conn.run_sync(
+                        lambda c: source.backend.fail(c, job, error, retry_at=retry_at, dead=dead)
+                    )
+                break
+            except DB_ERRORS as db_exc:
+                if attempt == 4 or self._hard_stop:
+                    log.error(
+                        "could not record failure of job %s (%s); its lease will expire "
+                        "and it will be rescued",
+                        job.id,
+                        _short(db_exc),
+                    )
+                    self._forget(held)
+                    return
+                await asyncio.sleep(0.2 * 2**attempt)
+        self._forget(held)
+        if not ok:
+            self.stats.lost += 1
+            log.warning("job %s: lease lost before its failure could be recorded", job.id)
+        elif dead:
+            self.stats.dead += 1
+            log.error(
+                "job %s (%s) is dead after attempt %d: %s", job.id, job.kind, job.attempt, exc
+            )
+        else:
+            self.stats.retried += 1
+            log.warning(
+                "job %s (%s) failed attempt %d/%d, retry at %s: %s",
+                job.id,
+                job.kind,
+                job.attempt,
+                job.max_attempts,
+                retry_at.isoformat() if retry_at else "-",
+                exc,
+            )
+
+    async def _completer(self) -> None:
+        while True:
+            await self._ack.wait()
+            self._ack.clear()
+            await self._flush_completions()
+
+    async def _flush_completions(self, *, final: bool = False) -> None:
+        while self._to_complete:
+            batch, self._to_complete = self._to_complete, []
+            by_source: dict[str, list[_Held]] = {}
+            for held in batch:
+                by_source.setdefault(held.source.key, []).append(held)
+            retry: list[_Held] = []
+            for items in by_source.values():
+                for start in range(0, len(items), self.completion_batch):
+                    chunk = items[start : start + self.completion_batch]
+                    if not await self._complete_chunk(chunk):
+                        retry.extend(chunk)
+            if retry:
+                if final:
+                    log.error(
+                        "%d completion(s) could not be written; those jobs will be rescued "
+                        "and may run again",
+                        len(retry),
+                    )
+                    return
+                self._to_complete = retry + self._to_complete
+                await asyncio.sleep(0.5)
+
+    async def _complete_chunk(self, chunk: list[_Held]) -> bool:
+        source = chunk[0].source
+        leases = [(h.job.id, h.job.lease_token or "") for h in chunk]
+        try:
+            async with source.async_engine().begin() as conn:
+                done = await conn.run_sync(source.backend.complete, leases)
+        except DB_ERRORS as exc:
+            log.warning(
+                "acknowledging %d job(s) on %s failed: %s", len(chunk), source.key, _short(exc)
+            )
+            return False
+        for held in chunk:
+            self._forget(held)
+            if held.job.id in done:
+                self.stats.completed += 1
+            else:
+                self.stats.lost += 1
+                log.warning("job %s finished but its lease had been taken over", held.job.id)
+        return True
+
+    # -- leases ---------------------------------------------------------------------
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            by_source: dict[str, list[_Held]] = {}
+            for held in list(self._held.values()):
+                by_source.setdefault(held.source.key, []).append(held)
+            for items in by_source.values():
+                source = items[0].source
+                leases = [(h.job.id, h.job.lease_token or "") for h in items]
+                try:
+                    async with source.async_engine().begin() as conn:
+                        kept = await conn.run_sync(
+                            source.backend.extend_leases, leases, self.lease_seconds
+                        )
+                except DB_ERRORS as exc:
+                    log.warning("heartbeat on %s failed: %s", source.key, _short(exc))
+                    continue
+                for held in items:
+                    if held.job.id not in kept and (source.key, held.job.id) in self._held:
+                        log.warning("job %s lost its lease (taken over or cancelled)", held.job.id)
+
+    async def _maintenance(self) -> None:
+        last_rescue = last_refresh = time.monotonic()
+        while True:
+            await asyncio.sleep(min(self.poll_interval, 0.5))
+            now = time.monotonic()
+            if now - last_refresh >= self.refresh_interval:
+                last_refresh = now
+                with contextlib.suppress(*DB_ERRORS):
+                    await self._refresh_sources()
+            rescue = now - last_rescue >= self.rescue_interval
+            if rescue:
+                last_rescue = now
+            for source in list(self._sources):
+                if not self._backoff.ready(source.key):
+                    continue
+                try:
+                    async with source.async_engine().begin() as conn:
+                        staged = await conn.run_sync(source.backend.stage_due)
+                        rescued = (
+                            await conn.run_sync(source.backend.rescue_expired) if rescue else []
+                        )
+                except DB_ERRORS as exc:
+                    log.debug("maintenance on %s failed: %s", source.key, _short(exc))
+                    continue
+                if rescued:
+                    self.stats.rescued += len(rescued)
+                    log.warning(
+                        "rescued %d job(s) with expired leases on %s", len(rescued), source.key
+                    )
+                if staged or rescued:
+                    self._wake.set()
+
+    # -- sources and wake-ups ---------------------------------------------------------
+    async def _refresh_sources(self) -> None:
+        sources = await asyncio.to_thread(
+            self.queue.sources, stores=self.store_filter, tenants=self.tenant_filter
+        )
+        known = {s.key for s in self._sources}
+        for source in sources:
+            if source.key in known:
+                continue
+            log.info("serving jobs from %s", source.key)
+            if source.store.is_postgres:
+                if self.listen and source.tenant_id is None and source.key not in self._listeners:
+                    self._listeners[source.key] = asyncio.create_task(self._listen(source))
+            else:
+                db = source.engine().url.database or ""
+                self._unsubscribe.append(wakeups.subscribe(db, self._wake_threadsafe))
+        self._sources = sources
+
+    def _wake_threadsafe(self) -> None:
+        self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def _listen(self, source: JobSource) -> None:
+        url = source.engine().url.set(drivername="postgresql")
+        conninfo = url.render_as_string(hide_password=False)
+        delay = 0.5
+        while not self._stopping:
+            try:
+                conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+                async with conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    delay = 0.5
+                    self._wake.set()  # catch up on anything sent while we were away
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except DB_ERRORS as exc:
+                log.warning(
+                    "LISTEN on %s lost (%s); polling until it is back", source.key, _short(exc)
+                )
+                await asyncio.sleep(delay)
+                delay = min(30.0, delay * 2)
+
+    # -- shutdown ---------------------------------------------------------------------
+    async def _drain(self) -> None:
+        """Let running jobs finish within the grace period, then hand the rest back."""
+        buffered = list(self._buffer)
+        self._buffer.clear()
+        await self._release(buffered)
+        pending: set[asyncio.Future[Any]] = {
+            h.task for h in self._held.values() if h.task is not None and not h.task.done()
+        }
+        if pending and not self._hard_stop:
+            log.info("waiting up to %.0fs for %d running job(s)", self.shutdown_grace, len(pending))
+            hard: asyncio.Future[Any] = asyncio.ensure_future(self._hard_event.wait())
+            deadline = self._loop.time() + self.shutdown_grace
+            while pending and not hard.done():
+                remaining = deadline - self._loop.time()
+                if remaining <= 0:
+                    break
+                _, pending = await asyncio.wait(
+                    pending | {hard}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+                pending.discard(hard)
+            hard.cancel()
+        unfinished = [
+            h
+            for h in self._held.values()
+            if h.task is not None and not h.task.done() and not h.done
+        ]
+        for held in unfinished:
+            assert held.task is not None
+            held.task.cancel()
+        await asyncio.gather(*(h.task for h in unfinished if h.task), return_exceptions=True)
+        await self._flush_completions(final=True)
+        await self._release(unfinished)
+
+    async def _release(self, items: list[_Held]) -> None:
+        by_source: dict[str, list[_Held]] = {}
+        for held in items:
+            by_source.setdefault(held.source.key, []).append(held)
+        for group in by_source.values():
+            source = group[0].source
+            leases = [(h.job.id, h.job.lease_token or "") for h in group]
+            try:
+                async with source.async_engine().begin() as conn:
+                    released = await conn.run_sync(source.backend.release, leases)
+            except DB_ERRORS as exc:
+                log.error(
+                    "could not release %d job(s) on %s (%s); they return when their lease expires",
+                    len(group),
+                    source.key,
+                    _short(exc),
+                )
+                continue
+            for held in group:
+                self._forget(held)
+            self.stats.released += len(released)
+            if released:
+                log.info("released %d job(s) on %s for other workers", len(released), source.key)
+
+
+def _complete_in(conn: Connection, source: JobSource, job: Job) -> None:
+    """Mark the job completed inside the handler's own transaction, or void it."""
+    done = source.backend.complete(conn, [(job.id, job.lease_token or "")])
+    if job.id not in done:
+        raise LeaseLostError(
+            f"job {job.id}: lease lost before commit; the handler's writes were rolled back"
+        )
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
