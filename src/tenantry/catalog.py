@@ -1,6 +1,6 @@
 """The tenant catalog: which tenants exist, where they live, in what state.
 
-The catalog is a table in the catalog store's database (``tenantry.tenants`` on
+The catalog is a table in the catalog store's database (``tenantry.tenantry_tenants`` on
 PostgreSQL). Every tenant-bound session looks its tenant up here, so reads go
 through an in-process cache: entries expire after ``ttl`` seconds (the bound on
 how stale another process's change can look) and local writes invalidate them
@@ -85,8 +85,9 @@ class Tenant:
 
 catalog_metadata = MetaData(schema=TENANTRY_SCHEMA)
 
+# Prefixed: on SQLite tenantry's tables share the application's namespace.
 tenants_table = Table(
-    "tenants",
+    "tenantry_tenants",
     catalog_metadata,
     Column("id", String(40), primary_key=True),
     Column("name", String(200), nullable=False),

@@ -68,7 +68,7 @@ class StoreConfig:
     url: str
     admin_url: str | None = None
     rls_role: str = "tenantry_rls"
-    max_tenant_engines: int = 32
+    max_tenant_engines: int = 16
     pool_size: int = 5
     database_prefix: str | None = None
 
@@ -94,6 +94,10 @@ class StoreConfig:
             return make_url(expand_env(raw) if expand else _ENV_REF.sub("x", raw))
         except ArgumentError as exc:
             raise ConfigError(f"store {self.name!r}: malformed URL {mask_url(raw)}") from exc
+
+    def __repr__(self) -> str:
+        admin = f", admin_url={mask_url(self.admin_url)!r}" if self.admin_url else ""
+        return f"StoreConfig(name={self.name!r}, url={self.masked_url!r}{admin})"
 
     @property
     def dialect(self) -> str:
@@ -167,7 +171,9 @@ def load_config(
     if env_url:
         section = data.get("tenantry", {})
         stores_data = dict(data.get("stores", {}))
-        stores_data[section.get("default_store", DEFAULT_STORE)] = {"url": env_url}
+        name = section.get("default_store", DEFAULT_STORE)
+        # Only the URL is overridden: admin_url, rls_role, pool sizes stay as configured.
+        stores_data[name] = {**stores_data.get(name, {}), "url": env_url}
         data = {**data, "stores": stores_data}
     if not data:
         return TenantryConfig.sqlite_default(env.get("TENANTRY_DATA_DIR", DEFAULT_DATA_DIR))

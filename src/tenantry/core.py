@@ -24,6 +24,7 @@ from tenantry.errors import (
     ConfigError,
     TenantExistsError,
     TenantryError,
+    TenantStateError,
     TenantSuspendedError,
     TenantUnavailableError,
 )
@@ -201,9 +202,13 @@ class Tenantry:
             raise TenantExistsError(f"tenant {tenant_id!r} already exists ({existing.status})")
         log.info("provisioning tenant %s (%s on %s)", tenant_id, mode.value, target.name)
         strategy.provision(target, tenant_id, self.tenant_metadata)
-        tenant = self.catalog.set_status(
-            tenant_id, TenantStatus.ACTIVE, expect=[TenantStatus.PROVISIONING]
-        )
+        try:
+            tenant = self.catalog.set_status(
+                tenant_id, TenantStatus.ACTIVE, expect=[TenantStatus.PROVISIONING]
+            )
+        except TenantStateError:
+            # A concurrent create of the same tenant finished first.
+            raise TenantExistsError(f"tenant {tenant_id!r} already exists") from None
         log.info("tenant %s is active", tenant_id)
         return tenant
 
@@ -275,6 +280,13 @@ class Tenantry:
             "expire_on_commit": False,
         }
 
+    def _merge_options(self, placement: Placement, options: dict[str, Any]) -> dict[str, Any]:
+        """Caller's session options, except that tenantry's ``info`` keys always win."""
+        ours = self._session_kwargs(placement)
+        merged = ours | options
+        merged["info"] = {**options.get("info", {}), **ours["info"]}
+        return merged
+
     def session(self, **session_options: Any) -> TenantSession:
         """A session bound to the current tenant's data, whatever its isolation mode.
 
@@ -282,7 +294,7 @@ class Tenantry:
         :class:`TenantSuspendedError` for a suspended tenant.
         """
         placement = self.placement()
-        kwargs = self._session_kwargs(placement) | session_options
+        kwargs = self._merge_options(placement, session_options)
         engine = placement.strategy.engine(placement.store, placement.tenant.id)
         return TenantSession(bind=engine, **kwargs)
 
@@ -293,7 +305,7 @@ class Tenantry:
         if tenant is None:
             tenant = await asyncio.to_thread(self.catalog.get, tenant_id)
         placement = self._placement_of(tenant)
-        kwargs = self._session_kwargs(placement) | session_options
+        kwargs = self._merge_options(placement, session_options)
         engine = placement.strategy.async_engine(placement.store, tenant.id)
         return AsyncSession(bind=engine, sync_session_class=TenantSession, **kwargs)
 

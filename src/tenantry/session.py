@@ -58,6 +58,8 @@ def _filter_rows(state: ORMExecuteState) -> None:
     if tenant_id is None:
         return
     _check_context(state.session, tenant_id)
+    if state.is_insert or state.is_update:
+        _guard_bulk_parameters(state, tenant_id)
     if not state.session.info.get("tenantry_filter_rows"):
         return
     if not (state.is_select or state.is_update or state.is_delete):
@@ -72,6 +74,37 @@ def _filter_rows(state: ORMExecuteState) -> None:
             track_closure_variables=True,
         )
     )
+
+
+def _guard_bulk_parameters(state: ORMExecuteState, tenant_id: str) -> None:
+    """ORM bulk INSERT/UPDATE (``session.execute(insert(Model), rows)``): stamp and guard.
+
+    Flush-time stamping does not see these statements, so the parameter rows
+    are checked here: a missing ``tenant_id`` is filled in, a foreign one refused.
+    """
+    mapper = state.bind_mapper
+    if mapper is None or not issubclass(mapper.class_, TenantScoped):
+        return
+    params = state.parameters
+    rows = params if isinstance(params, list) else [params] if params else []
+    for row in rows:
+        if not isinstance(row, dict):
+            continue
+        value = row.get("tenant_id")
+        if value is None and state.is_insert:
+            row["tenant_id"] = tenant_id
+        elif value is not None and value != tenant_id:
+            raise CrossTenantAccessError(
+                f"cannot write tenant_id={value!r} in a session of tenant {tenant_id!r}"
+            )
+    values = getattr(state.statement, "_values", None) or {}
+    for key, value in values.items():
+        name = getattr(key, "key", key)
+        bound = getattr(value, "value", value)
+        if name == "tenant_id" and bound != tenant_id:
+            raise CrossTenantAccessError(
+                f"cannot set tenant_id={bound!r} in a session of tenant {tenant_id!r}"
+            )
 
 
 @event.listens_for(TenantSession, "before_flush")
@@ -102,6 +135,9 @@ def _stamp_and_guard(session: Session, _ctx: Any, _instances: Any) -> None:
 
 @event.listens_for(TenantSession, "after_begin")
 def _setup_transaction(session: Session, _tx: SessionTransaction, conn: Connection) -> None:
+    tenant_id = _session_tenant(session)
+    if tenant_id is not None:
+        _check_context(session, tenant_id)
     setup = session.info.get("tenantry_tx_setup")
     if setup is not None:
         sql, params = setup

@@ -166,13 +166,17 @@ class Store:
             Path(url.database or "").parent.mkdir(parents=True, exist_ok=True)
         return url
 
+    def _pool_options(self, small: bool) -> dict[str, Any]:
+        # Tenant-database pools stay tiny: max_tenant_engines of them may be open.
+        size, overflow = (1, 2) if small else (self.config.pool_size, self.config.pool_size)
+        return {"pool_size": size, "max_overflow": overflow, "pool_pre_ping": True}
+
     def _make_engine(self, url: URL, *, small: bool = False, **kw: Any) -> Engine:
         if self.dialect == "sqlite":
             engine = create_engine(url, **kw)
             _sqlite_connect_hooks(engine)
         else:
-            size = 2 if small else self.config.pool_size
-            engine = create_engine(url, pool_size=size, max_overflow=size, pool_pre_ping=True, **kw)
+            engine = create_engine(url, **self._pool_options(small), **kw)
         return engine.execution_options(schema_translate_map=self.translate_map)
 
     def _make_async_engine(self, url: URL, *, small: bool = False) -> AsyncEngine:
@@ -180,8 +184,7 @@ class Store:
             engine = create_async_engine(url)
             _sqlite_connect_hooks(engine.sync_engine)
         else:
-            size = 2 if small else self.config.pool_size
-            engine = create_async_engine(url, pool_size=size, max_overflow=size, pool_pre_ping=True)
+            engine = create_async_engine(url, **self._pool_options(small))
         return engine.execution_options(schema_translate_map=self.translate_map)
 
     # -- the store database -------------------------------------------------

@@ -100,7 +100,7 @@ def test_init_writes_config_and_creates_catalog(invoke: Invoke, workdir: Path) -
     config = tomllib.loads((workdir / "tenantry.toml").read_text())
     assert config["stores"]["default"]["url"] == "sqlite:///tenantry-data/default.db"
     assert config["tenantry"]["default_store"] == "default"
-    assert "tenants" in sqlite_tables(workdir / "tenantry-data" / "default.db")
+    assert "tenantry_tenants" in sqlite_tables(workdir / "tenantry-data" / "default.db")
     assert "sqlite:///tenantry-data/default.db" in result.stdout
     assert tenants_json(invoke) == []
 

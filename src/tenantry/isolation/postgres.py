@@ -22,23 +22,34 @@ def quote(conn: Connection, identifier: str) -> str:
 
 
 def ensure_role(conn: Connection, role: str, app_user: str | None = None) -> None:
-    """Create the NOLOGIN, NOBYPASSRLS role sessions switch to, if missing.
+    """Create the NOLOGIN, NOBYPASSRLS role sessions switch to, and let logins assume it.
 
-    Roles are cluster-wide and CREATE ROLE has no IF NOT EXISTS, so concurrent
-    provisioning (or parallel test runs) may race; the DO block swallows the
-    duplicate.
+    The role is created only when missing (so an existing role needs no
+    CREATEROLE privilege); a concurrent creator is tolerated. Membership is
+    granted to the admin login (unless it is a superuser, which needs none) and
+    to a separate application login, so ``SET ROLE`` works for both.
     """
     validate_identifier(role, "role")
     q = quote(conn, role)
-    conn.exec_driver_sql(
-        "DO $$ BEGIN "
-        f"CREATE ROLE {q} NOLOGIN NOSUPERUSER NOBYPASSRLS NOINHERIT; "
-        "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
-    )
-    # The application login (if not the admin) must be allowed to SET ROLE to it.
-    user = conn.execute(text("SELECT current_user")).scalar_one()
+    exists = conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).first()
+    if exists is None:
+        conn.exec_driver_sql(
+            "DO $$ BEGIN "
+            f"CREATE ROLE {q} NOLOGIN NOSUPERUSER NOBYPASSRLS NOINHERIT; "
+            "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+        )
+    user, superuser = conn.execute(
+        text("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user")
+    ).one()
+    members = [] if superuser else [user]
     if app_user and app_user != user:
-        conn.exec_driver_sql(f"GRANT {q} TO {quote(conn, _checked_name(app_user))}")
+        members.append(_checked_name(app_user))
+    for member in members:
+        granted = conn.execute(
+            text("SELECT pg_has_role(:m, :r, 'MEMBER')"), {"m": member, "r": role}
+        ).scalar()
+        if not granted:
+            conn.exec_driver_sql(f"GRANT {q} TO {quote(conn, member)}")
 
 
 def grant_access(conn: Connection, schema: str, rls_role: str, app_user: str | None) -> None:
@@ -74,9 +85,25 @@ def enable_rls(conn: Connection, metadata: MetaData, schema: str | None) -> None
         if not is_tenant_table(table) or TENANT_ID_COLUMN not in table.c:
             continue
         name = _qualified(conn, table, schema)
+        if _policy_in_place(conn, table.name, schema or "public"):
+            continue  # ALTER TABLE takes an exclusive lock: skip it when nothing changes
         conn.exec_driver_sql(f"ALTER TABLE {name} ENABLE ROW LEVEL SECURITY")
         conn.exec_driver_sql(f"ALTER TABLE {name} FORCE ROW LEVEL SECURITY")
         create_policy(conn, name)
+
+
+def _policy_in_place(conn: Connection, table: str, schema: str) -> bool:
+    row = conn.execute(
+        text(
+            "SELECT c.relrowsecurity AND c.relforcerowsecurity AND EXISTS ("
+            " SELECT 1 FROM pg_policies p WHERE p.schemaname = n.nspname"
+            " AND p.tablename = c.relname AND p.policyname = :policy)"
+            " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = :schema AND c.relname = :table"
+        ),
+        {"policy": POLICY_NAME, "schema": schema, "table": table},
+    ).scalar()
+    return bool(row)
 
 
 def create_policy(conn: Connection, qualified_table: str) -> None:

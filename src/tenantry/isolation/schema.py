@@ -69,6 +69,8 @@ class SchemaIsolation:
             conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {pg.quote(conn, schema)}")
             metadata.create_all(conn, checkfirst=True)
             pg.grant_access(conn, schema, store.config.rls_role, store.distinct_app_user)
+            # Global tables live in public; tenant sessions may read them.
+            pg.grant_access(conn, "public", store.config.rls_role, store.distinct_app_user)
         ensure_store_queue(store)
 
     def deprovision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:

@@ -30,8 +30,9 @@ queue_metadata = MetaData(schema=TENANTRY_SCHEMA)
 _JSON = JSON().with_variant(postgresql.JSONB(), "postgresql")
 _ID = BigInteger().with_variant(Integer(), "sqlite")  # SQLite rowid aliasing needs INTEGER
 
+# Prefixed: on SQLite tenantry's tables share the application's namespace.
 jobs_table = Table(
-    "jobs",
+    "tenantry_jobs",
     queue_metadata,
     Column("id", _ID, primary_key=True, autoincrement=True),
     Column("tenant_id", String(40), nullable=False),
@@ -59,7 +60,7 @@ _WAITING = "state IN ('scheduled', 'retryable')"
 _PENDING = "state IN ('scheduled', 'available', 'running', 'retryable')"
 
 Index(
-    "ix_jobs_claim",
+    "ix_tenantry_jobs_claim",
     jobs_table.c.queue,
     jobs_table.c.priority.desc(),
     jobs_table.c.scheduled_at,
@@ -68,28 +69,30 @@ Index(
     sqlite_where=text(_RUNNABLE),
 )
 Index(
-    "ix_jobs_waiting",
+    "ix_tenantry_jobs_waiting",
     jobs_table.c.scheduled_at,
     postgresql_where=text(_WAITING),
     sqlite_where=text(_WAITING),
 )
 Index(
-    "ix_jobs_lease",
+    "ix_tenantry_jobs_lease",
     jobs_table.c.lease_expires_at,
     postgresql_where=text("state = 'running'"),
     sqlite_where=text("state = 'running'"),
 )
 Index(
-    "uq_jobs_idempotency",
+    "uq_tenantry_jobs_idempotency",
     jobs_table.c.tenant_id,
     jobs_table.c.idempotency_key,
     unique=True,
     postgresql_where=text(f"idempotency_key IS NOT NULL AND {_PENDING}"),
     sqlite_where=text(f"idempotency_key IS NOT NULL AND {_PENDING}"),
 )
-Index("ix_jobs_tenant_state", jobs_table.c.tenant_id, jobs_table.c.state, jobs_table.c.kind)
 Index(
-    "ix_jobs_finished",
+    "ix_tenantry_jobs_tenant_state", jobs_table.c.tenant_id, jobs_table.c.state, jobs_table.c.kind
+)
+Index(
+    "ix_tenantry_jobs_finished",
     jobs_table.c.finished_at,
     postgresql_where=text("finished_at IS NOT NULL"),
     sqlite_where=text("finished_at IS NOT NULL"),

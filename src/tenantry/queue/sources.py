@@ -1,7 +1,7 @@
 """Where jobs live: one source per database that holds tenant data.
 
 Shared and schema tenants keep their jobs in their store's database
-(``tenantry.jobs``); each database-per-tenant tenant has a jobs table in its
+(``tenantry.tenantry_jobs``); each database-per-tenant tenant has a jobs table in its
 own database. Workers and operations reach each source as the store's admin
 (owner) login, which is not subject to the jobs table's row-level security.
 """
