@@ -17,6 +17,12 @@ from tenantry.errors import (
     ConfigError,
     CrossTenantAccessError,
     InvalidTenantId,
+    JobNotFoundError,
+    JobStateError,
+    LeaseLostError,
+    PayloadValidationError,
+    QueueError,
+    QueueUnavailableError,
     StoreNotFoundError,
     TenantExistsError,
     TenantNotFoundError,
@@ -25,11 +31,21 @@ from tenantry.errors import (
     TenantStateError,
     TenantSuspendedError,
     TenantUnavailableError,
+    UnknownJobKind,
     UnsupportedIsolation,
 )
 from tenantry.ids import validate_tenant_id
 from tenantry.logs import TenantContextFilter
 from tenantry.models import GlobalBase, TenantBase, TenantScoped, global_metadata, tenant_metadata
+from tenantry.queue import (
+    Job,
+    JobContext,
+    JobRegistry,
+    JobState,
+    Queue,
+    RetryPolicy,
+    Worker,
+)
 from tenantry.session import ALL_TENANTS, TenantSession
 
 __version__ = "0.1.0"
@@ -41,6 +57,18 @@ __all__ = [
     "GlobalBase",
     "InvalidTenantId",
     "IsolationMode",
+    "Job",
+    "JobContext",
+    "JobNotFoundError",
+    "JobRegistry",
+    "JobState",
+    "JobStateError",
+    "LeaseLostError",
+    "PayloadValidationError",
+    "Queue",
+    "QueueError",
+    "QueueUnavailableError",
+    "RetryPolicy",
     "StoreConfig",
     "StoreNotFoundError",
     "Tenant",
@@ -59,7 +87,9 @@ __all__ = [
     "Tenantry",
     "TenantryConfig",
     "TenantryError",
+    "UnknownJobKind",
     "UnsupportedIsolation",
+    "Worker",
     "__version__",
     "bind_context",
     "current_tenant",

@@ -10,6 +10,7 @@ driver is scrubbed of the configured stores' passwords before it is shown.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ from tenantry.demo import DemoBase, run_demo
 from tenantry.errors import TenantryError
 from tenantry.ids import validate_tenant_id
 from tenantry.logs import configure_logging, get_logger
+from tenantry.queue import JobRegistry, Queue, Worker
 
 log = get_logger(__name__)
 
@@ -552,6 +554,91 @@ def demo(state: CliState, data_dir: str | None, reset: bool) -> None:
     leaked = [row["tenant"] for row in rows if not row["only_own_rows"]]
     if leaked:
         raise CliError(f"isolation check failed: {', '.join(leaked)} saw foreign rows")
+
+
+# -- worker -------------------------------------------------------------------------
+@cli.command()
+@click.option(
+    "--app",
+    "app_ref",
+    required=True,
+    metavar="MODULE:REGISTRY",
+    help="The application's JobRegistry, e.g. myapp.jobs:registry.",
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Jobs run at the same time.",
+)
+@click.option(
+    "--queue",
+    "queues",
+    multiple=True,
+    metavar="Q",
+    help="Queue to serve (repeatable; default: the registry's queues).",
+)
+@click.option("--store", "stores", multiple=True, metavar="S", help="Only these stores.")
+@click.option("--tenant", "tenant_ids", multiple=True, metavar="ID", help="Only these tenants.")
+@click.option(
+    "--lease",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(1),
+    help="Seconds a claimed job is leased; renewed by heartbeat.",
+)
+@click.option(
+    "--grace",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds running jobs get to finish after SIGTERM/SIGINT.",
+)
+@click.option(
+    "--poll",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.01),
+    help="Polling interval when no wake-up arrives.",
+)
+@click.pass_obj
+def worker(
+    state: CliState,
+    app_ref: str,
+    concurrency: int,
+    queues: tuple[str, ...],
+    stores: tuple[str, ...],
+    tenant_ids: tuple[str, ...],
+    lease: float,
+    grace: float,
+    poll: float,
+) -> None:
+    """Run a worker until SIGTERM/SIGINT (a second signal stops hard)."""
+    _import_from_cwd()
+    registry = import_object(app_ref)
+    if not isinstance(registry, JobRegistry):
+        raise CliError(f"{app_ref} is not a tenantry JobRegistry")
+    for tenant_id in tenant_ids:
+        validate_tenant_id(tenant_id)
+    logger = logging.getLogger("tenantry")
+    if logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)  # a worker's activity log is its main output
+    tenantry = state.tenantry()
+    runner = Worker(
+        tenantry,
+        registry,
+        concurrency=concurrency,
+        queues=queues or None,
+        stores=stores or None,
+        tenants=tenant_ids or None,
+        lease_seconds=lease,
+        shutdown_grace=grace,
+        poll_interval=poll,
+    )
+    Queue(tenantry, registry).setup()
+    asyncio.run(runner.run(install_signals=True))
 
 
 def main() -> NoReturn:

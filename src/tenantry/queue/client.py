@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, func, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -20,7 +20,6 @@ from sqlalchemy.orm import Session
 
 from tenantry.catalog import IsolationMode
 from tenantry.context import current_tenant
-from tenantry.core import Tenantry
 from tenantry.errors import (
     ConfigError,
     CrossTenantAccessError,
@@ -36,6 +35,9 @@ from tenantry.queue.registry import JobRegistry
 from tenantry.queue.schema import jobs_table as J
 from tenantry.queue.sources import JobSource, source_of
 from tenantry.session import TenantSession
+
+if TYPE_CHECKING:
+    from tenantry.core import Tenantry
 
 log = get_logger(__name__)
 T = TypeVar("T")

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from sqlalchemy import Connection
@@ -41,7 +41,6 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenantry.context import tenant_context
-from tenantry.core import Tenantry
 from tenantry.errors import (
     LeaseLostError,
     PayloadValidationError,
@@ -57,6 +56,9 @@ from tenantry.queue.job import Job, utcnow
 from tenantry.queue.registry import Handler, JobRegistry
 from tenantry.queue.retry import RetryPolicy
 from tenantry.queue.sources import JobSource
+
+if TYPE_CHECKING:
+    from tenantry.core import Tenantry
 
 log = get_logger(__name__)
 T = TypeVar("T")
