@@ -137,6 +137,7 @@ class Worker:
         refresh_interval: float = 10.0,
         shutdown_grace: float = 30.0,
         completion_batch: int = 500,
+        ack_delay: float = 0.005,
         listen: bool = True,
         worker_id: str | None = None,
     ) -> None:
@@ -157,6 +158,7 @@ class Worker:
         self.refresh_interval = refresh_interval
         self.shutdown_grace = shutdown_grace
         self.completion_batch = completion_batch
+        self.ack_delay = ack_delay
         self.listen = listen
         self.worker_id = worker_id or _default_worker_id()
         self.stats = WorkerStats()
@@ -166,7 +168,7 @@ class Worker:
         self._held: dict[tuple[str, int], _Held] = {}
         self._buffer: deque[_Held] = deque()
         self._running = 0
-        self._to_complete: list[_Held] = []
+        self._to_complete: dict[str, list[_Held]] = {}
         self._stopping = False
         self._hard_stop = False
         self._started = asyncio.Event()
@@ -248,15 +250,16 @@ class Worker:
         return self.stats
 
     async def _claim_loop(self) -> None:
+        capacity = self.concurrency + self.prefetch
+        # Claim in batches: each claim is a commit, so topping up one job at a
+        # time would cost a round trip (and an fsync) per job.
+        min_batch = max(1, min(self.concurrency, capacity // 4))
         while not self._stopping:
             self._wake.clear()
             self._start_buffered()
-            want = self.concurrency + self.prefetch - self._running - len(self._buffer)
+            want = capacity - self._running - len(self._buffer)
             got = 0
-            if (
-                want > 0
-                and self._running + len(self._buffer) < self.concurrency + self.prefetch // 2 + 1
-            ):
+            if want >= min_batch or (want > 0 and not self._buffer):
                 got = await self._claim_round(want)
                 self._start_buffered()
             if got and got >= want:
@@ -308,22 +311,37 @@ class Worker:
         return total
 
     async def _claim(self, source: JobSource, limit: int) -> list[Job]:
+        """Acknowledge this source's finished jobs and claim new ones in one transaction."""
         engine = self._claim_engines.get(source.key)
         if engine is None:
             engine = source.async_engine().execution_options(**source.backend.claim_options)
             self._claim_engines[source.key] = engine
         backend = source.backend
-        async with engine.begin() as conn:
-            return await conn.run_sync(
-                lambda c: backend.claim(
-                    c,
-                    worker_id=self.worker_id,
-                    queues=self.queues,
-                    limit=limit,
-                    lease_seconds=self.lease_seconds,
-                    tenants=self._tenants_for(source),
-                )
+        acks = self._to_complete.pop(source.key, [])
+        leases = [(h.job.id, h.job.lease_token or "") for h in acks]
+        tenants = self._tenants_for(source)
+
+        def work(c: Connection) -> tuple[set[int], list[Job]]:
+            done = backend.complete(c, leases) if leases else set()
+            jobs = backend.claim(
+                c,
+                worker_id=self.worker_id,
+                queues=self.queues,
+                limit=limit,
+                lease_seconds=self.lease_seconds,
+                tenants=tenants,
             )
+            return done, jobs
+
+        try:
+            async with engine.begin() as conn:
+                done, jobs = await conn.run_sync(work)
+        except BaseException:
+            if acks:
+                self._to_complete.setdefault(source.key, [])[:0] = acks
+            raise
+        self._acknowledged(acks, done)
+        return jobs
 
     def _tenants_for(self, source: JobSource) -> list[str] | None:
         if source.tenant_id is not None or self.tenant_filter is None:
@@ -377,7 +395,7 @@ class Worker:
             self.stats.completed += 1
         else:
             held.done = True
-            self._to_complete.append(held)
+            self._to_complete.setdefault(source.key, []).append(held)
             self._ack.set()
 
     async def _call(
@@ -476,32 +494,37 @@ class Worker:
             )
 
     async def _completer(self) -> None:
+        """Acknowledge finished jobs that no claim has carried along.
+
+        While the queue is busy, acknowledgements ride on the next claim's
+        transaction; this loop catches the rest after a short delay, so an idle
+        worker still records completions within milliseconds.
+        """
         while True:
             await self._ack.wait()
             self._ack.clear()
+            await asyncio.sleep(self.ack_delay)
             await self._flush_completions()
 
     async def _flush_completions(self, *, final: bool = False) -> None:
         while self._to_complete:
-            batch, self._to_complete = self._to_complete, []
-            by_source: dict[str, list[_Held]] = {}
-            for held in batch:
-                by_source.setdefault(held.source.key, []).append(held)
-            retry: list[_Held] = []
-            for items in by_source.values():
+            pending, self._to_complete = self._to_complete, {}
+            retry: dict[str, list[_Held]] = {}
+            for key, items in pending.items():
                 for start in range(0, len(items), self.completion_batch):
                     chunk = items[start : start + self.completion_batch]
                     if not await self._complete_chunk(chunk):
-                        retry.extend(chunk)
+                        retry.setdefault(key, []).extend(chunk)
             if retry:
                 if final:
                     log.error(
                         "%d completion(s) could not be written; those jobs will be rescued "
                         "and may run again",
-                        len(retry),
+                        sum(len(v) for v in retry.values()),
                     )
                     return
-                self._to_complete = retry + self._to_complete
+                for key, items in retry.items():
+                    self._to_complete.setdefault(key, [])[:0] = items
                 await asyncio.sleep(0.5)
 
     async def _complete_chunk(self, chunk: list[_Held]) -> bool:
@@ -515,14 +538,17 @@ class Worker:
                 "acknowledging %d job(s) on %s failed: %s", len(chunk), source.key, _short(exc)
             )
             return False
-        for held in chunk:
+        self._acknowledged(chunk, done)
+        return True
+
+    def _acknowledged(self, items: list[_Held], done: set[int]) -> None:
+        for held in items:
             self._forget(held)
             if held.job.id in done:
                 self.stats.completed += 1
             else:
                 self.stats.lost += 1
                 log.warning("job %s finished but its lease had been taken over", held.job.id)
-        return True
 
     # -- leases ---------------------------------------------------------------------
     async def _heartbeat(self) -> None:
