@@ -129,7 +129,8 @@ def main() -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
     table = Table(
-        title=f"tenantry no-op queue, {args.jobs} jobs, one worker process, {args.concurrency} slots"
+        title=f"tenantry no-op queue, {args.jobs} jobs, "
+        f"one worker process, {args.concurrency} slots"
     )
     for col in ("database", "bulk enqueue jobs/s", "processing jobs/s", "seconds", "verified"):
         table.add_column(col, justify="right")
