@@ -33,13 +33,19 @@ class JobSource:
 
     def engine(self) -> Engine:
         if self.tenant_id is None:
-            return self.store.admin_engine()
-        return self.store.tenant_engine(self.tenant_id, admin=True)
+            engine = self.store.admin_engine()
+        else:
+            engine = self.store.tenant_engine(self.tenant_id, admin=True)
+        return engine.execution_options(**self.backend.write_options)
 
     def async_engine(self) -> AsyncEngine:
+        # Queue transactions write; on SQLite they take the write lock at BEGIN
+        # so a read-then-write transaction cannot fail half-way with BUSY.
         if self.tenant_id is None:
-            return self.store.async_engine(admin=True)
-        return self.store.tenant_async_engine(self.tenant_id, admin=True)
+            engine = self.store.async_engine(admin=True)
+        else:
+            engine = self.store.tenant_async_engine(self.tenant_id, admin=True)
+        return engine.execution_options(**self.backend.write_options)
 
 
 def source_of(tenant: Tenant, store: Store) -> JobSource:

@@ -314,7 +314,7 @@ class Worker:
         """Acknowledge this source's finished jobs and claim new ones in one transaction."""
         engine = self._claim_engines.get(source.key)
         if engine is None:
-            engine = source.async_engine().execution_options(**source.backend.claim_options)
+            engine = source.async_engine()
             self._claim_engines[source.key] = engine
         backend = source.backend
         acks = self._to_complete.pop(source.key, [])

@@ -45,8 +45,8 @@ class QueueBackend:
     """SQL shared by all dialects; subclasses fill in the differences."""
 
     dialect: ClassVar[str]
-    #: Execution options for the connection used to claim (SQLite: BEGIN IMMEDIATE).
-    claim_options: ClassVar[dict[str, Any]] = {}
+    #: Execution options for queue write transactions (SQLite: BEGIN IMMEDIATE).
+    write_options: ClassVar[dict[str, Any]] = {}
 
     # -- dialect hooks ---------------------------------------------------------
     def now(self) -> ColumnElement[datetime]:

@@ -64,7 +64,7 @@ def database_key(engine: Engine | Connection) -> str:
 
 class SqliteBackend(QueueBackend):
     dialect: ClassVar[str] = "sqlite"
-    claim_options: ClassVar[dict[str, str]] = {"sqlite_begin": "BEGIN IMMEDIATE"}
+    write_options: ClassVar[dict[str, str]] = {"sqlite_begin": "BEGIN IMMEDIATE"}
 
     def now(self) -> ColumnElement[datetime]:
         return literal(utcnow(), DateTime(timezone=True))
