@@ -8,10 +8,11 @@ session for the current tenant, commits, and only then reports the job.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, func, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     from tenantry.core import Tenantry
 
 log = get_logger(__name__)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,23 @@ class EnqueuedJob:
     created: bool  # False when an unfinished job with the same idempotency key was returned
 
 
-def _is_connection_failure(exc: BaseException) -> bool:
-    return isinstance(exc, OperationalError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    )
+@contextmanager
+def _reported_unavailable() -> Iterator[None]:
+    """A database that is away becomes a clear error that says nothing was enqueued.
+
+    Only a successful COMMIT makes enqueue return; any failure before or during
+    it surfaces here, so a job is never reported that was not committed.
+    """
+    try:
+        yield
+    except DBAPIError as exc:
+        if isinstance(exc, OperationalError) or exc.connection_invalidated:
+            raise QueueUnavailableError(
+                "the queue's database is unreachable; the job was not enqueued "
+                f"({type(exc.orig).__name__}; if the connection broke during COMMIT the "
+                "outcome is unknown: retry with an idempotency key to be safe)"
+            ) from exc
+        raise
 
 
 class Queue:
@@ -187,11 +200,7 @@ class Queue:
         **options: Any,
     ) -> list[EnqueuedJob]:
         """Enqueue many jobs of one kind with a single multi-row INSERT."""
-        tenant_id = current_tenant()
-        options.setdefault("idempotency_key", None)
-        if options["idempotency_key"] is not None and len(payloads) > 1:
-            raise ConfigError("an idempotency key applies to one job; enqueue them one by one")
-        rows = self._rows(tenant_id, kind, payloads, **_enqueue_options(options))
+        tenant_id, rows = self._prepare(kind, payloads, options)
         if not rows:
             return []
         if session is not None:
@@ -199,21 +208,19 @@ class Queue:
             return self._write(session.connection(), rows)
         if connection is not None:
             return self._write(connection, rows)
-        return self._standalone(lambda conn: self._write(conn, rows))
+        with _reported_unavailable(), self.tenantry.session() as s:
+            result = self._write(s.connection(), rows)
+            s.commit()
+            return result
 
-    def _standalone(self, work: Callable[[Connection], T]) -> T:
-        try:
-            with self.tenantry.session() as s:
-                result = work(s.connection())
-                s.commit()
-                return result
-        except DBAPIError as exc:
-            if _is_connection_failure(exc):
-                raise QueueUnavailableError(
-                    f"the queue's database is unreachable; the job was NOT enqueued "
-                    f"({type(exc.orig).__name__})"
-                ) from exc
-            raise
+    def _prepare(
+        self, kind: str, payloads: Sequence[Any], options: dict[str, Any]
+    ) -> tuple[str, list[dict[str, Any]]]:
+        tenant_id = current_tenant()
+        opts = _enqueue_options(options)
+        if opts["idempotency_key"] is not None and len(payloads) > 1:
+            raise ConfigError("an idempotency key applies to one job; enqueue them one by one")
+        return tenant_id, self._rows(tenant_id, kind, payloads, **opts)
 
     async def aenqueue(
         self,
@@ -239,11 +246,7 @@ class Queue:
         connection: AsyncConnection | None = None,
         **options: Any,
     ) -> list[EnqueuedJob]:
-        tenant_id = current_tenant()
-        options.setdefault("idempotency_key", None)
-        if options["idempotency_key"] is not None and len(payloads) > 1:
-            raise ConfigError("an idempotency key applies to one job; enqueue them one by one")
-        rows = self._rows(tenant_id, kind, payloads, **_enqueue_options(options))
+        tenant_id, rows = self._prepare(kind, payloads, options)
         if not rows:
             return []
         if session is not None:
@@ -252,19 +255,12 @@ class Queue:
             return await conn.run_sync(self._write, rows)
         if connection is not None:
             return await connection.run_sync(self._write, rows)
-        try:
+        with _reported_unavailable():
             async with self.tenantry.async_session() as s:
                 conn = await s.connection()
                 result = await conn.run_sync(self._write, rows)
                 await s.commit()
                 return result
-        except DBAPIError as exc:
-            if _is_connection_failure(exc):
-                raise QueueUnavailableError(
-                    f"the queue's database is unreachable; the job was NOT enqueued "
-                    f"({type(exc.orig).__name__})"
-                ) from exc
-            raise
 
     # -- operations ------------------------------------------------------------------
     def sources(

@@ -171,6 +171,17 @@ class QueueBackend:
 
     def complete(self, conn: Connection, leases: Sequence[Lease]) -> set[int]:
         """Mark jobs completed; returns the ids whose lease was still theirs."""
+        return self._fenced_update(
+            conn,
+            leases,
+            state=JobState.COMPLETED.value,
+            finished_at=self.now(),
+            lease_expires_at=None,
+            lease_token=None,
+        )
+
+    def _fenced_update(self, conn: Connection, leases: Sequence[Lease], **values: Any) -> set[int]:
+        """UPDATE only rows still running under the given (id, lease token) pairs."""
         if not leases:
             return set()
         stmt = (
@@ -179,12 +190,7 @@ class QueueBackend:
                 tuple_(J.c.id, J.c.lease_token).in_(list(leases)),
                 J.c.state == JobState.RUNNING.value,
             )
-            .values(
-                state=JobState.COMPLETED.value,
-                finished_at=self.now(),
-                lease_expires_at=None,
-                lease_token=None,
-            )
+            .values(**values)
             .returning(J.c.id)
         )
         return {int(i) for i in conn.execute(stmt).scalars()}
@@ -222,39 +228,19 @@ class QueueBackend:
     def extend_leases(
         self, conn: Connection, leases: Sequence[Lease], lease_seconds: float
     ) -> set[int]:
-        if not leases:
-            return set()
-        stmt = (
-            update(J)
-            .where(
-                tuple_(J.c.id, J.c.lease_token).in_(list(leases)),
-                J.c.state == JobState.RUNNING.value,
-            )
-            .values(lease_expires_at=self.now_plus(lease_seconds))
-            .returning(J.c.id)
-        )
-        return {int(i) for i in conn.execute(stmt).scalars()}
+        return self._fenced_update(conn, leases, lease_expires_at=self.now_plus(lease_seconds))
 
     def release(self, conn: Connection, leases: Sequence[Lease]) -> set[int]:
         """Hand running jobs back (graceful shutdown): available again, attempt not spent."""
-        if not leases:
-            return set()
-        stmt = (
-            update(J)
-            .where(
-                tuple_(J.c.id, J.c.lease_token).in_(list(leases)),
-                J.c.state == JobState.RUNNING.value,
-            )
-            .values(
-                state=JobState.AVAILABLE.value,
-                attempt=J.c.attempt - 1,
-                lease_expires_at=None,
-                lease_token=None,
-                worker_id=None,
-            )
-            .returning(J.c.id)
+        return self._fenced_update(
+            conn,
+            leases,
+            state=JobState.AVAILABLE.value,
+            attempt=J.c.attempt - 1,
+            lease_expires_at=None,
+            lease_token=None,
+            worker_id=None,
         )
-        return {int(i) for i in conn.execute(stmt).scalars()}
 
     def rescue_expired(self, conn: Connection, limit: int = 500) -> list[tuple[int, JobState]]:
         """Return jobs whose lease expired (their worker died) to the queue, or to dead."""
