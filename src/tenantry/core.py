@@ -183,6 +183,12 @@ class Tenantry:
         self.setup()
         existing = self.catalog.find(tenant_id)
         if existing is None:
+            leftover = strategy.leftover(target, tenant_id, self.tenant_metadata)
+            if leftover is not None:
+                raise TenantExistsError(
+                    f"cannot create tenant {tenant_id!r}: {leftover} already exists on store "
+                    f"{target.name!r} (left by an earlier tenant?); remove it or pick another id"
+                )
             tenant = self.catalog.insert(
                 Tenant(
                     id=tenant_id,

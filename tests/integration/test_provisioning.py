@@ -207,3 +207,19 @@ def test_catalog_cache_expires_and_is_invalidated(make_tenantry: TenantryFactory
         # Local writes invalidate at once.
         t.resume_tenant("acme")
         t.session().close()
+
+
+@CASES
+def test_a_new_tenant_never_adopts_leftover_data(
+    make_tenantry: TenantryFactory, backend: str, mode: str
+) -> None:
+    t = make_tenantry(backend)
+    t.create_tenant("acme", isolation=mode)
+    with tenant_context("acme"), t.session() as s:
+        s.add(Note(body="old data"))
+        s.commit()
+    t.catalog.delete("acme")  # the catalog forgot it; its storage is still there
+    with pytest.raises(TenantExistsError, match="already exists on store"):
+        t.create_tenant("acme", isolation=mode)
+    assert t.list_tenants() == []
+    assert _storage_exists(t, "acme", mode)  # refused, and nothing was touched

@@ -33,6 +33,13 @@ class IsolationStrategy(Protocol):
     def transaction_setup(self, store: Store, tenant_id: str) -> tuple[str, dict[str, Any]] | None:
         """SQL run at the start of every transaction of a tenant session (or None)."""
 
+    def leftover(self, store: Store, tenant_id: str, metadata: MetaData) -> str | None:
+        """Describe storage already holding this tenant id's data (None if there is none).
+
+        A brand-new tenant must not silently adopt what an earlier tenant with
+        the same id left behind (a database, a schema, rows).
+        """
+
     def provision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
         """Create the tenant's storage and tables; must be idempotent."""
 

@@ -37,6 +37,16 @@ class DatabaseIsolation:
             return None
         return pg.session_setup(tenant_id, store.config.rls_role, "public")
 
+    def leftover(self, store: Store, tenant_id: str, metadata: MetaData) -> str | None:
+        name = store.tenant_database_name(tenant_id)
+        if not store.is_postgres:
+            return f"database file {name}" if os.path.exists(name) else None
+        with store.admin_engine().connect() as conn:
+            found = conn.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+            ).first()
+        return None if found is None else f"database {name!r}"
+
     def provision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
         name = store.tenant_database_name(tenant_id)
         if store.is_postgres:

@@ -7,7 +7,7 @@ always bound parameters.
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, MetaData, Table, text
+from sqlalchemy import Connection, MetaData, text
 
 from tenantry.errors import InvalidIdentifierError
 from tenantry.ids import validate_identifier
@@ -52,18 +52,33 @@ def ensure_role(conn: Connection, role: str, app_user: str | None = None) -> Non
             conn.exec_driver_sql(f"GRANT {q} TO {quote(conn, member)}")
 
 
-def grant_access(conn: Connection, schema: str, rls_role: str, app_user: str | None) -> None:
-    """Let tenant sessions use *schema*: through the RLS role, or the app login itself.
+def grant_access(
+    conn: Connection,
+    schema: str,
+    rls_role: str,
+    app_user: str | None,
+    *,
+    table: str | None = None,
+) -> None:
+    """Let tenant sessions use *schema* (or one *table* in it).
 
     With ``rls_role`` set, sessions ``SET ROLE`` to it, so it gets the grants
     (and the app login may assume it). With ``rls_role = ""`` the app login is
     expected to be a non-owner already, and is granted directly.
     """
+    grantee = rls_role or (_checked_name(app_user) if app_user else "")
+    if not grantee:
+        return
     if rls_role:
         ensure_role(conn, rls_role, app_user)
-        grant_schema(conn, schema, rls_role)
-    elif app_user:
-        grant_schema(conn, schema, _checked_name(app_user))
+    if table is None:
+        grant_schema(conn, schema, grantee)
+        return
+    s, r = quote(conn, validate_identifier(schema, "schema")), quote(conn, grantee)
+    t = f"{s}.{quote(conn, _checked_name(table))}"
+    conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA {s} TO {r}")
+    conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO {r}")
+    conn.exec_driver_sql(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {s} TO {r}")
 
 
 def grant_schema(conn: Connection, schema: str, role: str) -> None:
@@ -84,24 +99,30 @@ def enable_rls(conn: Connection, metadata: MetaData, schema: str | None) -> None
     for table in metadata.sorted_tables:
         if not is_tenant_table(table) or TENANT_ID_COLUMN not in table.c:
             continue
-        name = _qualified(conn, table, schema)
-        if _policy_in_place(conn, table.name, schema or "public"):
-            continue  # ALTER TABLE takes an exclusive lock: skip it when nothing changes
-        conn.exec_driver_sql(f"ALTER TABLE {name} ENABLE ROW LEVEL SECURITY")
+        ensure_policy(conn, table.name, schema or "public", force=True)
+
+
+def ensure_policy(conn: Connection, table: str, schema: str, *, force: bool) -> None:
+    """RLS on and the tenant policy in place; no DDL (no exclusive lock) if already so."""
+    if _policy_in_place(conn, table, schema, force=force):
+        return
+    name = f"{quote(conn, schema)}.{quote(conn, _checked_name(table))}"
+    conn.exec_driver_sql(f"ALTER TABLE {name} ENABLE ROW LEVEL SECURITY")
+    if force:
         conn.exec_driver_sql(f"ALTER TABLE {name} FORCE ROW LEVEL SECURITY")
-        create_policy(conn, name)
+    create_policy(conn, name)
 
 
-def _policy_in_place(conn: Connection, table: str, schema: str) -> bool:
+def _policy_in_place(conn: Connection, table: str, schema: str, *, force: bool) -> bool:
     row = conn.execute(
         text(
-            "SELECT c.relrowsecurity AND c.relforcerowsecurity AND EXISTS ("
+            "SELECT c.relrowsecurity AND (c.relforcerowsecurity OR NOT :force) AND EXISTS ("
             " SELECT 1 FROM pg_policies p WHERE p.schemaname = n.nspname"
             " AND p.tablename = c.relname AND p.policyname = :policy)"
             " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
             " WHERE n.nspname = :schema AND c.relname = :table"
         ),
-        {"policy": POLICY_NAME, "schema": schema, "table": table},
+        {"policy": POLICY_NAME, "schema": schema, "table": table, "force": force},
     ).scalar()
     return bool(row)
 
@@ -122,11 +143,6 @@ def _checked_name(name: str) -> str:
     if not name or len(name) > 63 or "\x00" in name:
         raise InvalidIdentifierError(f"invalid SQL name {name!r}")
     return name
-
-
-def _qualified(conn: Connection, table: Table, schema: str | None) -> str:
-    name = quote(conn, _checked_name(table.name))
-    return f"{quote(conn, schema)}.{name}" if schema else name
 
 
 def session_setup(tenant_id: str, role: str, search_path: str) -> tuple[str, dict[str, str]]:

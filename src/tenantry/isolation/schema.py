@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, MetaData
+from sqlalchemy import Engine, MetaData, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenantry.catalog import IsolationMode
@@ -20,7 +20,7 @@ from tenantry.errors import UnsupportedIsolation
 from tenantry.ids import validate_identifier, validate_tenant_id
 from tenantry.isolation import postgres as pg
 from tenantry.models import TENANT_SCHEMA, TENANTRY_SCHEMA
-from tenantry.queue.backends import ensure_store_queue
+from tenantry.queue.backends import backend_for, ensure_store_queue
 from tenantry.stores import Store
 
 SCHEMA_PREFIX = "t_"
@@ -59,6 +59,15 @@ class SchemaIsolation:
         path = f'"{schema_name(tenant_id)}", public'
         return pg.session_setup(tenant_id, store.config.rls_role, path)
 
+    def leftover(self, store: Store, tenant_id: str, metadata: MetaData) -> str | None:
+        self.check_supported(store)
+        with store.admin_engine().connect() as conn:
+            found = conn.execute(
+                text("SELECT 1 FROM pg_namespace WHERE nspname = :n"),
+                {"n": schema_name(tenant_id)},
+            ).first()
+        return None if found is None else f"schema {schema_name(tenant_id)!r}"
+
     def provision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
         self.check_supported(store)
         schema = schema_name(tenant_id)
@@ -75,7 +84,10 @@ class SchemaIsolation:
 
     def deprovision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
         self.check_supported(store)
+        ensure_store_queue(store)
         with store.admin_engine().begin() as conn:
             conn.exec_driver_sql(
                 f"DROP SCHEMA IF EXISTS {pg.quote(conn, schema_name(tenant_id))} CASCADE"
             )
+            # The tenant's jobs live in the store's jobs table: they go too.
+            backend_for(store.dialect).delete_tenant_jobs(conn, tenant_id)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, delete, text
+from sqlalchemy import Engine, MetaData, delete, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenantry.catalog import IsolationMode
 from tenantry.isolation import postgres as pg
 from tenantry.models import TENANT_ID_COLUMN, is_tenant_table
-from tenantry.queue.backends import ensure_store_queue
+from tenantry.queue.backends import backend_for, ensure_store_queue
 from tenantry.stores import Store
 
 _prepare_lock = threading.Lock()
@@ -56,6 +56,29 @@ class SharedIsolation:
             store.prepared_shared_tables = True
         ensure_store_queue(store)
 
+    def leftover(self, store: Store, tenant_id: str, metadata: MetaData) -> str | None:
+        tables = [
+            t for t in metadata.sorted_tables if is_tenant_table(t) and TENANT_ID_COLUMN in t.c
+        ]
+        with store.admin_engine().connect() as conn:
+            if store.is_postgres:
+                # The admin may be subject to FORCE RLS: look as the tenant.
+                sql, params = pg.session_setup(tenant_id, "", "public")
+                conn.execute(text(sql), params)
+            existing = set(inspect(conn).get_table_names())
+            for table in tables:
+                if table.name not in existing:
+                    continue
+                row = conn.execute(
+                    select(table.c[TENANT_ID_COLUMN])
+                    .where(table.c[TENANT_ID_COLUMN] == tenant_id)
+                    .limit(1)
+                ).first()
+                if row is not None:
+                    return f"rows with tenant_id={tenant_id!r} in {table.name!r}"
+            conn.rollback()
+        return None
+
     def provision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
         self.prepare_store(store, metadata)
 
@@ -69,3 +92,5 @@ class SharedIsolation:
             for table in reversed(metadata.sorted_tables):
                 if is_tenant_table(table) and TENANT_ID_COLUMN in table.c:
                     conn.execute(delete(table).where(table.c[TENANT_ID_COLUMN] == tenant_id))
+            # The tenant's jobs go with its data (in the same transaction).
+            backend_for(store.dialect).delete_tenant_jobs(conn, tenant_id)

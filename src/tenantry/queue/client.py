@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, func, select, update
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
@@ -78,6 +78,7 @@ class Queue:
     def __init__(self, tenantry: Tenantry, registry: JobRegistry) -> None:
         self.tenantry = tenantry
         self.registry = registry
+        self._unknown_stores: set[str] = set()
 
     # -- set-up -------------------------------------------------------------------
     def setup(self) -> None:
@@ -113,7 +114,7 @@ class Queue:
         if run_at is not None:
             if run_at.tzinfo is None:
                 raise ConfigError("run_at must be timezone-aware")
-            when = run_at
+            when = run_at.astimezone(UTC)  # SQLite keeps no offset: store UTC everywhere
         elif delay is not None:
             when = now + (delay if isinstance(delay, timedelta) else timedelta(seconds=delay))
         attempts = max_attempts if max_attempts is not None else handler.retry.max_attempts
@@ -121,6 +122,9 @@ class Queue:
             raise ConfigError("max_attempts must be at least 1")
         if idempotency_key is not None and (not idempotency_key or len(idempotency_key) > 200):
             raise ConfigError("idempotency_key must be 1-200 characters")
+        prio = handler.priority if priority is None else priority
+        if not -32768 <= prio <= 32767:
+            raise ConfigError("priority must be between -32768 and 32767")
         state = JobState.SCHEDULED if when > now else JobState.AVAILABLE
         return [
             {
@@ -128,7 +132,7 @@ class Queue:
                 "queue": queue or handler.queue,
                 "kind": kind,
                 "payload": handler.dump(p),
-                "priority": handler.priority if priority is None else priority,
+                "priority": prio,
                 "state": state.value,
                 "attempt": 0,
                 "max_attempts": attempts,
@@ -275,6 +279,17 @@ class Queue:
                 continue
             if stores is not None and tenant.store not in stores:
                 continue
+            if tenant.store not in self.tenantry.stores:
+                # Placed on a store this process is not configured for: not ours to serve.
+                if tenant.store not in self._unknown_stores:
+                    self._unknown_stores.add(tenant.store)
+                    log.warning(
+                        "tenant %s is on store %r, which is not configured here; "
+                        "its jobs are not served by this process",
+                        tenant.id,
+                        tenant.store,
+                    )
+                continue
             source = source_of(tenant, self.tenantry.store(tenant.store))
             found.setdefault(source.key, source)
         if wanted is None:
@@ -289,7 +304,7 @@ class Queue:
 
     def get_job(self, tenant_id: str, job_id: int) -> Job:
         source = self.source_for(tenant_id)
-        with source.engine().connect() as conn:
+        with source.engine(write=False).connect() as conn:
             row = conn.execute(
                 select(J).where(J.c.id == job_id, J.c.tenant_id == tenant_id)
             ).first()
@@ -320,7 +335,7 @@ class Queue:
         sources = [self.source_for(tenant_id)] if tenant_id else self.sources()
         jobs: list[Job] = []
         for source in sources:
-            with source.engine().connect() as conn:
+            with source.engine(write=False).connect() as conn:
                 jobs.extend(Job.from_row(r) for r in conn.execute(query))
         jobs.sort(key=lambda j: (j.created_at, j.id), reverse=True)
         return jobs[offset : offset + limit]
@@ -333,7 +348,7 @@ class Queue:
         sources = [self.source_for(tenant_id)] if tenant_id else self.sources()
         counts = {s.value: 0 for s in JobState}
         for source in sources:
-            with source.engine().connect() as conn:
+            with source.engine(write=False).connect() as conn:
                 for state, n in conn.execute(query):
                     counts[state] += int(n)
         return counts
@@ -346,17 +361,24 @@ class Queue:
         values: dict[str, Any],
     ) -> Job:
         source = self.source_for(tenant_id)
-        with source.engine().begin() as conn:
-            row = conn.execute(
-                update(J)
-                .where(
-                    J.c.id == job_id,
-                    J.c.tenant_id == tenant_id,
-                    J.c.state.in_([s.value for s in allowed]),
-                )
-                .values(**values)
-                .returning(*J.c)
-            ).first()
+        query = (
+            update(J)
+            .where(
+                J.c.id == job_id,
+                J.c.tenant_id == tenant_id,
+                J.c.state.in_([s.value for s in allowed]),
+            )
+            .values(**values)
+            .returning(*J.c)
+        )
+        try:
+            with source.engine().begin() as conn:
+                row = conn.execute(query).first()
+        except IntegrityError as exc:
+            raise JobStateError(
+                f"job {job_id} cannot be requeued: another unfinished job of tenant "
+                f"{tenant_id!r} holds its idempotency key"
+            ) from exc
         if row is None:
             job = self.get_job(tenant_id, job_id)  # raises JobNotFoundError
             raise JobStateError(
@@ -365,35 +387,47 @@ class Queue:
             )
         return Job.from_row(row)
 
+    def _requeue_values(self, source: JobSource) -> dict[str, Any]:
+        return {
+            "state": JobState.AVAILABLE.value,
+            "scheduled_at": utcnow(),
+            "finished_at": None,
+            "max_attempts": source.backend.one_more_attempt(),
+        }
+
     def retry_job(self, tenant_id: str, job_id: int) -> Job:
         """Run a dead, cancelled or waiting job again now, with one more attempt allowed."""
         return self._transition(
             tenant_id,
             job_id,
             [JobState.DEAD, JobState.CANCELLED, JobState.RETRYABLE, JobState.SCHEDULED],
-            {
-                "state": JobState.AVAILABLE.value,
-                "scheduled_at": utcnow(),
-                "finished_at": None,
-                "max_attempts": self.source_for(tenant_id).backend.one_more_attempt(),
-            },
+            self._requeue_values(self.source_for(tenant_id)),
         )
 
     def retry_dead(self, tenant_id: str) -> int:
-        """Requeue every dead job of a tenant; returns how many."""
+        """Requeue every dead job of a tenant; returns how many.
+
+        One statement normally. If some dead job's idempotency key is held by an
+        unfinished job, they are requeued one by one and those are left dead.
+        """
         source = self.source_for(tenant_id)
-        with source.engine().begin() as conn:
-            result = conn.execute(
-                update(J)
-                .where(J.c.tenant_id == tenant_id, J.c.state == JobState.DEAD.value)
-                .values(
-                    state=JobState.AVAILABLE.value,
-                    scheduled_at=utcnow(),
-                    finished_at=None,
-                    max_attempts=source.backend.one_more_attempt(),
-                )
-            )
-        return int(result.rowcount or 0)
+        dead = (J.c.tenant_id == tenant_id, J.c.state == JobState.DEAD.value)
+        try:
+            with source.engine().begin() as conn:
+                result = conn.execute(update(J).where(*dead).values(**self._requeue_values(source)))
+            return int(result.rowcount or 0)
+        except IntegrityError:
+            pass
+        with source.engine(write=False).connect() as conn:
+            ids = list(conn.execute(select(J.c.id).where(*dead)).scalars())
+        requeued = 0
+        for job_id in ids:
+            try:
+                self.retry_job(tenant_id, int(job_id))
+                requeued += 1
+            except JobStateError as exc:
+                log.warning("job %s stays dead: %s", job_id, exc)
+        return requeued
 
     def cancel_job(self, tenant_id: str, job_id: int) -> Job:
         """Cancel an unfinished job. A running one keeps running, but its outcome is void."""

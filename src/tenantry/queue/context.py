@@ -26,6 +26,10 @@ class JobContext:
     worker_id: str
     logger: logging.Logger
     session: Any = None
+    #: Set when the worker learns (by heartbeat) that this attempt's lease is gone:
+    #: the job was cancelled or taken over. Long handlers may check it and stop;
+    #: whatever they return is void either way.
+    lease_lost: bool = False
 
     @property
     def tenant_id(self) -> str:

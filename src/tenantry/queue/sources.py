@@ -31,12 +31,13 @@ class JobSource:
     def backend(self) -> QueueBackend:
         return backend_for(self.store.dialect)
 
-    def engine(self) -> Engine:
+    def engine(self, *, write: bool = True) -> Engine:
+        """Sync engine; ``write=False`` for read-only work (no write lock on SQLite)."""
         if self.tenant_id is None:
             engine = self.store.admin_engine()
         else:
             engine = self.store.tenant_engine(self.tenant_id, admin=True)
-        return engine.execution_options(**self.backend.write_options)
+        return engine.execution_options(**self.backend.write_options) if write else engine
 
     def async_engine(self) -> AsyncEngine:
         # Queue transactions write; on SQLite they take the write lock at BEGIN

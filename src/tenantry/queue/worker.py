@@ -40,10 +40,12 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tenantry.catalog import TenantStatus
 from tenantry.context import tenant_context
 from tenantry.errors import (
     LeaseLostError,
     PayloadValidationError,
+    TenantNotFoundError,
     TenantryError,
     UnknownJobKind,
 )
@@ -71,6 +73,12 @@ class JobTimeoutError(TenantryError, TimeoutError):
     """The handler ran longer than its timeout; the attempt counts as failed."""
 
 
+class _HandlerTimeout(Exception):
+    def __init__(self, original: TimeoutError) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
 @dataclass
 class WorkerStats:
     claimed: int = 0
@@ -88,6 +96,7 @@ class _Held:
     job: Job
     task: asyncio.Task[None] | None = None
     done: bool = False
+    ctx: JobContext | None = None
 
 
 @dataclass
@@ -139,6 +148,7 @@ class Worker:
         completion_batch: int = 500,
         ack_delay: float = 0.005,
         listen: bool = True,
+        suspended_retry: float = 30.0,
         worker_id: str | None = None,
     ) -> None:
         if concurrency < 1:
@@ -160,6 +170,7 @@ class Worker:
         self.completion_batch = completion_batch
         self.ack_delay = ack_delay
         self.listen = listen
+        self.suspended_retry = suspended_retry
         self.worker_id = worker_id or _default_worker_id()
         self.stats = WorkerStats()
 
@@ -357,14 +368,47 @@ class Worker:
         except asyncio.CancelledError:
             # Shutdown past the grace period: the drain releases the lease.
             raise
-        except Exception:  # a worker must survive anything a job does
+        except Exception as exc:  # a worker must survive anything a job does
             log.exception("internal error running job %s", job.id)
+            if (held.source.key, job.id) in self._held and not held.done:
+                # Record it as a failed attempt rather than heartbeat it forever.
+                await self._record_failure(held, exc, self.registry.default_retry)
         finally:
             self._running -= 1
             self._wake.set()
 
+    async def _tenant_ready(self, held: _Held) -> bool:
+        """Re-check the tenant (cached briefly) before running its job.
+
+        A suspended (or provisioning/deleting) tenant's job goes back to wait,
+        its attempt not spent; a job whose tenant is gone is dead with a reason.
+        """
+        job = held.job
+        tenant = self.tenantry.catalog.get_cached(job.tenant_id)
+        if tenant is None:
+            try:
+                tenant = await asyncio.to_thread(self.tenantry.catalog.get, job.tenant_id)
+            except TenantNotFoundError as exc:
+                gone = TenantNotFoundError(f"tenant {job.tenant_id!r} no longer exists: {exc}")
+                await self._record_failure(held, gone, self.registry.default_retry, dead=True)
+                return False
+        if tenant.status is TenantStatus.ACTIVE:
+            return True
+        until = utcnow() + timedelta(seconds=self.suspended_retry)
+        source = held.source
+        try:
+            async with source.async_engine().begin() as conn:
+                await conn.run_sync(source.backend.postpone, job, until)
+        except DB_ERRORS as exc:
+            log.warning("could not postpone job %s: %s", job.id, _short(exc))
+        self._forget(held)
+        log.info("job %s waits: tenant %s is %s", job.id, job.tenant_id, tenant.status.value)
+        return False
+
     async def _execute(self, held: _Held) -> None:
         job, source = held.job, held.source
+        if not await self._tenant_ready(held):
+            return
         try:
             handler = self.registry.get(job.kind)
             payload = handler.validate(job.payload)
@@ -374,6 +418,7 @@ class Worker:
             await self._record_failure(held, exc, self.registry.default_retry, dead=True)
             return
         ctx = JobContext(job=job, tenantry=self.tenantry, worker_id=self.worker_id, logger=log)
+        held.ctx = ctx
         try:
             await self._call(handler, ctx, payload, source)
         except LeaseLostError as exc:
@@ -381,13 +426,7 @@ class Worker:
             self.stats.lost += 1
             log.warning("job %s: %s", job.id, exc)
             return
-        except TimeoutError:
-            exc_timeout = JobTimeoutError(
-                f"job {job.id} ({job.kind}) exceeded its timeout of {handler.timeout:g}s"
-            )
-            await self._record_failure(held, exc_timeout, handler.retry)
-            return
-        except Exception as exc:  # handler failures are data, not crashes
+        except Exception as exc:  # handler failures (and JobTimeoutError) are data
             await self._record_failure(held, exc, handler.retry)
             return
         if handler.transactional:
@@ -413,8 +452,23 @@ class Worker:
             call = self._in_thread(handler.fn, ctx, payload)
         if handler.timeout is None:
             await call
-        else:
-            await asyncio.wait_for(call, handler.timeout)
+            return
+
+        async def guarded() -> None:
+            # Set apart a TimeoutError the handler raises itself from wait_for's own.
+            try:
+                await call
+            except TimeoutError as exc:
+                raise _HandlerTimeout(exc) from exc
+
+        try:
+            await asyncio.wait_for(guarded(), handler.timeout)
+        except TimeoutError:
+            raise JobTimeoutError(
+                f"job {ctx.job.id} ({ctx.job.kind}) exceeded its timeout of {handler.timeout:g}s"
+            ) from None
+        except _HandlerTimeout as wrapped:
+            raise wrapped.original from None
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         # copy_context: the thread sees this task's tenant, and nothing leaks back.
@@ -570,7 +624,18 @@ class Worker:
                     continue
                 for held in items:
                     if held.job.id not in kept and (source.key, held.job.id) in self._held:
-                        log.warning("job %s lost its lease (taken over or cancelled)", held.job.id)
+                        self._lease_lost(held)
+
+    def _lease_lost(self, held: _Held) -> None:
+        """The job was cancelled or taken over: do not start it; tell a running handler."""
+        if held in self._buffer:
+            self._buffer.remove(held)
+            self._forget(held)
+            log.info("job %s was cancelled or taken over before it started", held.job.id)
+            return
+        if held.ctx is not None:
+            held.ctx.lease_lost = True
+        log.warning("job %s lost its lease (cancelled or taken over)", held.job.id)
 
     async def _maintenance(self) -> None:
         last_rescue = last_refresh = time.monotonic()

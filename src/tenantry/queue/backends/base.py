@@ -22,7 +22,6 @@ from sqlalchemy import (
     Insert,
     and_,
     delete,
-    func,
     or_,
     select,
     tuple_,
@@ -39,6 +38,7 @@ Lease = tuple[int, str]  # (job id, lease token)
 class Inserted:
     id: int
     created: bool  # False: an unfinished job with the same idempotency key was returned
+    existing: dict[str, Any] | None = None  # kind, queue, state of that existing job
 
 
 class QueueBackend:
@@ -116,14 +116,14 @@ class QueueBackend:
             if new_id is not None:
                 return Inserted(int(new_id), True)
             existing = conn.execute(
-                select(J.c.id).where(
+                select(J.c.id, J.c.kind, J.c.queue, J.c.state).where(
                     J.c.tenant_id == row["tenant_id"],
                     J.c.idempotency_key == row["idempotency_key"],
                     J.c.state.in_([s.value for s in PENDING_STATES]),
                 )
-            ).scalar()
+            ).first()
             if existing is not None:
-                return Inserted(int(existing), False)
+                return Inserted(int(existing.id), False, dict(existing._mapping))
             # The holder finished between the two statements: try to insert again.
         raise RuntimeError("idempotent enqueue did not settle after 5 tries")
 
@@ -277,6 +277,33 @@ class QueueBackend:
             outcomes.append((job.id, state))
         return outcomes
 
+    def postpone(self, conn: Connection, job: Job, until: datetime) -> bool:
+        """Put a claimed job back to wait until *until*, without spending its attempt.
+
+        Used when the job's tenant cannot be served right now (suspended): the
+        job waits instead of failing.
+        """
+        result = conn.execute(
+            update(J)
+            .where(
+                J.c.id == job.id,
+                J.c.lease_token == job.lease_token,
+                J.c.state == JobState.RUNNING.value,
+            )
+            .values(
+                state=JobState.SCHEDULED.value,
+                attempt=J.c.attempt - 1,
+                scheduled_at=until,
+                lease_expires_at=None,
+                lease_token=None,
+                worker_id=None,
+            )
+        )
+        return result.rowcount == 1
+
+    def delete_tenant_jobs(self, conn: Connection, tenant_id: str) -> int:
+        return int(conn.execute(delete(J).where(J.c.tenant_id == tenant_id)).rowcount or 0)
+
     def stage_due(self, conn: Connection, limit: int = 5000) -> int:
         """Make scheduled and retryable jobs whose time has come available."""
         due = self.lock_for_claim(
@@ -291,13 +318,6 @@ class QueueBackend:
             update(J).where(J.c.id.in_(select(due.c.id))).values(state=JobState.AVAILABLE.value)
         )
         return int(result.rowcount or 0)
-
-    def next_due_at(self, conn: Connection) -> datetime | None:
-        return conn.execute(
-            select(func.min(J.c.scheduled_at)).where(
-                J.c.state.in_([JobState.SCHEDULED.value, JobState.RETRYABLE.value])
-            )
-        ).scalar()
 
     # -- operations ---------------------------------------------------------------
     def prune_finished(self, conn: Connection, older_than: timedelta, limit: int) -> int:

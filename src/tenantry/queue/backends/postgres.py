@@ -152,7 +152,6 @@ class PostgresBackend(QueueBackend):
         """
         conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {TENANTRY_SCHEMA}")
         queue_metadata.create_all(conn, checkfirst=True)
-        table = f"{TENANTRY_SCHEMA}.{jobs_table.name}"
-        conn.exec_driver_sql(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
-        pg.create_policy(conn, table)
-        pg.grant_access(conn, TENANTRY_SCHEMA, rls_role, app_user)
+        pg.ensure_policy(conn, jobs_table.name, TENANTRY_SCHEMA, force=False)
+        # Only the jobs table: the catalog in the same schema stays admin-only.
+        pg.grant_access(conn, TENANTRY_SCHEMA, rls_role, app_user, table=jobs_table.name)
