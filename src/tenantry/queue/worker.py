@@ -229,9 +229,9 @@ class Worker:
                 loop.add_signal_handler(sig, self._on_signal, sig)
         await self._refresh_sources()
         background = [
-            asyncio.create_task(self._completer(), name="tenantry-completer"),
-            asyncio.create_task(self._heartbeat(), name="tenantry-heartbeat"),
-            asyncio.create_task(self._maintenance(), name="tenantry-maintenance"),
+            asyncio.create_task(self._keep_running(self._completer), name="tenantry-completer"),
+            asyncio.create_task(self._keep_running(self._heartbeat), name="tenantry-heartbeat"),
+            asyncio.create_task(self._keep_running(self._maintenance), name="tenantry-maintenance"),
         ]
         log.info(
             "worker %s started: %d slots, queues %s, %d source(s)",
@@ -259,6 +259,18 @@ class Worker:
             self._executor.shutdown(wait=False, cancel_futures=True)
             log.info("worker %s stopped: %s", self.worker_id, self.stats)
         return self.stats
+
+    async def _keep_running(self, loop: Callable[[], Awaitable[None]]) -> None:
+        """Restart a background loop after an unexpected error instead of losing it."""
+        while True:
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a dead heartbeat or rescuer would be silent
+                log.exception("%s failed; restarting it in 1s", loop.__name__)
+                await asyncio.sleep(1.0)
 
     async def _claim_loop(self) -> None:
         capacity = self.concurrency + self.prefetch
