@@ -149,9 +149,15 @@ class Queue:
         backend = backend_for(conn.dialect.name)
         inserted: list[Inserted] = backend.insert_jobs(conn, rows)
         backend.notify(conn, {r["queue"] for r in rows})
+        # A deduplicated enqueue reports the existing job as it is, not the request.
         return [
             EnqueuedJob(
-                i.id, r["tenant_id"], r["kind"], r["queue"], JobState(r["state"]), i.created
+                i.id,
+                r["tenant_id"],
+                (i.existing or r)["kind"],
+                (i.existing or r)["queue"],
+                JobState((i.existing or r)["state"]),
+                i.created,
             )
             for i, r in zip(inserted, rows, strict=True)
         ]

@@ -223,6 +223,7 @@ class Worker:
         self._loop = loop
         self._wake = asyncio.Event()
         self._ack = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
         self._hard_event = asyncio.Event()
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -245,8 +246,11 @@ class Worker:
             await self._claim_loop()
             await self._drain()
         finally:
-            for task in background:
-                task.cancel()
+            # Never cancel the completer half-way through writing a batch: that
+            # batch would be neither written nor queued for the final flush.
+            async with self._flush_lock:
+                for task in background:
+                    task.cancel()
             for task in self._listeners.values():
                 task.cancel()
             await asyncio.gather(*background, *self._listeners.values(), return_exceptions=True)
@@ -573,6 +577,10 @@ class Worker:
             await self._flush_completions()
 
     async def _flush_completions(self, *, final: bool = False) -> None:
+        async with self._flush_lock:
+            await self._flush_locked(final=final)
+
+    async def _flush_locked(self, *, final: bool) -> None:
         while self._to_complete:
             pending, self._to_complete = self._to_complete, {}
             retry: dict[str, list[_Held]] = {}

@@ -84,9 +84,7 @@ class QueueBackend:
         plain = [r for r in rows if r.get("idempotency_key") is None]
         results: dict[int, Inserted] = {}
         if plain:
-            ids = conn.execute(
-                self.insert().returning(J.c.id, sort_by_parameter_order=True), plain
-            ).scalars()
+            ids = self.insert_many_ids(conn, plain)
             for index, job_id in zip(
                 (i for i, r in enumerate(rows) if r.get("idempotency_key") is None),
                 ids,
@@ -97,6 +95,11 @@ class QueueBackend:
             if row.get("idempotency_key") is not None:
                 results[index] = self._insert_keyed(conn, row)
         return [results[i] for i in range(len(rows))]
+
+    def insert_many_ids(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+        """Multi-row INSERT; the new ids in the order of *rows*."""
+        result = conn.execute(self.insert().returning(J.c.id, sort_by_parameter_order=True), rows)
+        return [int(i) for i in result.scalars()]
 
     def _insert_keyed(self, conn: Connection, row: dict[str, Any]) -> Inserted:
         stmt = (

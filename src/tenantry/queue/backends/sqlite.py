@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from tenantry.queue.backends.base import QueueBackend
 from tenantry.queue.job import utcnow
 from tenantry.queue.schema import jobs_table, queue_metadata
+from tenantry.queue.schema import jobs_table as J
 
 
 class LocalWakeups:
@@ -77,6 +78,23 @@ class SqliteBackend(QueueBackend):
 
     def greatest(self, *values: Any) -> ColumnElement[int]:
         return func.max(*values)  # SQLite's multi-argument max() is a scalar function
+
+    def insert_many_ids(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+        """One multi-row INSERT per chunk, ids paired by order.
+
+        SQLAlchemy cannot guarantee RETURNING order on SQLite and would fall
+        back to a statement per row; but within one INSERT under SQLite's single
+        write lock, rowids of an INTEGER PRIMARY KEY are assigned in VALUES
+        order, so the sorted returned ids match the rows.
+        """
+        ids: list[int] = []
+        # SQLite caps bound parameters per statement (32766); keep chunks well below.
+        per_chunk = max(1, 30000 // max(1, len(rows[0])))
+        for start in range(0, len(rows), per_chunk):
+            chunk = rows[start : start + per_chunk]
+            stmt = self.insert().values(chunk).returning(J.c.id)
+            ids.extend(sorted(int(i) for i in conn.execute(stmt).scalars()))
+        return ids
 
     def notify(self, conn: Connection, queues: Iterable[str]) -> None:
         key = database_key(conn)

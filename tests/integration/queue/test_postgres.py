@@ -1,0 +1,152 @@
+"""PostgreSQL only: the claim's index and row-level security on the jobs table."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
+
+from tenantry import tenant_context
+from tenantry.queue import Job
+from tests.conftest import TenantryFactory
+from tests.integration.queue.handlers import noop_registry
+from tests.integration.queue.support import build_env
+
+pytestmark = pytest.mark.postgres
+
+
+def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every node of a JSON plan tree, depth first."""
+    found = [plan]
+    for child in plan.get("Plans", []):
+        found.extend(_nodes(child))
+    return found
+
+
+def _claim_plan(
+    conn: Connection, run: Callable[[], object], plan_cache_mode: str
+) -> list[dict[str, Any]]:
+    """The plan PostgreSQL actually used for the claim, as auto_explain reports it.
+
+    ``plan_cache_mode`` picks a custom plan (planned with the parameter values) or
+    the generic plan a prepared statement falls back to after a few executions.
+    """
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    notices: list[str] = []
+
+    def on_notice(diag: Any) -> None:
+        notices.append(str(diag.message_primary or ""))
+
+    raw.add_notice_handler(on_notice)
+    try:
+        conn.exec_driver_sql("LOAD 'auto_explain'")
+        conn.exec_driver_sql("SET LOCAL auto_explain.log_min_duration = 0")
+        conn.exec_driver_sql("SET LOCAL auto_explain.log_level = 'notice'")
+        conn.exec_driver_sql("SET LOCAL auto_explain.log_format = 'json'")
+        conn.exec_driver_sql(f"SET LOCAL plan_cache_mode = {plan_cache_mode}")
+        run()
+        conn.rollback()
+    finally:
+        raw.remove_notice_handler(on_notice)
+        conn.invalidate()  # auto_explain stays loaded in that session: do not pool it
+    plans = [n for n in notices if "tenantry_jobs" in n and "running" in n]
+    assert len(plans) == 1, notices
+    report = json.loads(plans[0].split("plan:", 1)[1])
+    return _nodes(report["Plan"])
+
+
+@pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
+@pytest.mark.parametrize("tenants", [None, ["acme"]])
+def test_claim_reads_the_partial_index_not_the_table(
+    make_tenantry: TenantryFactory, plan_cache_mode: str, tenants: list[str] | None
+) -> None:
+    env = build_env(make_tenantry, "postgresql", "shared", noop_registry(), ("acme",))
+    for _ in range(4):
+        env.enqueue_many("acme", "record", [{"n": i} for i in range(500)])
+    env.finish_directly("acme", 2000)
+    env.enqueue_many("acme", "record", [{"n": i} for i in range(5)])
+    source = env.source("acme")
+    with source.engine().connect() as conn:
+        conn.exec_driver_sql("ANALYZE tenantry.tenantry_jobs")
+        conn.commit()
+
+    claimed: list[Job] = []
+    with source.engine().connect() as conn:
+        plan = _claim_plan(
+            conn,
+            lambda: claimed.extend(
+                source.backend.claim(
+                    conn,
+                    worker_id="explain",
+                    queues=["default"],
+                    limit=3,
+                    lease_seconds=30,
+                    tenants=tenants,
+                )
+            ),
+            plan_cache_mode,
+        )
+    assert len(claimed) == 3
+    shape = [(n["Node Type"], n.get("Relation Name"), n.get("Index Name")) for n in plan]
+    assert not [n for n in plan if n["Node Type"] == "Seq Scan"], shape
+    scans = [n for n in plan if n.get("Relation Name") == "tenantry_jobs" and "Index Name" in n]
+    # The candidates come from an index over available rows only; the UPDATE
+    # then reaches the chosen rows by primary key.
+    assert {n["Index Name"] for n in scans} - {"tenantry_jobs_pkey"}, shape
+    for scan in scans:
+        if scan["Index Name"] == "tenantry_jobs_pkey":
+            continue
+        if tenants is None:
+            assert scan["Index Name"] == "ix_tenantry_jobs_claim", shape
+        else:
+            # A tenant-filtered claim may enter through (tenant_id, state), but
+            # only ever over available rows: finished history is never read.
+            assert scan["Index Name"] == "ix_tenantry_jobs_claim" or (
+                "'available'" in scan.get("Index Cond", "")
+            ), scan
+    assert env.counts("acme")["available"] == 5  # the claim was rolled back
+
+
+@pytest.mark.parametrize("mode", ["shared", "schema"])
+def test_tenant_sessions_see_and_touch_only_their_own_jobs(
+    make_tenantry: TenantryFactory, mode: str
+) -> None:
+    env = build_env(make_tenantry, "postgresql", mode, noop_registry())
+    env.enqueue_many("acme", "record", [{"n": i} for i in range(3)])
+    env.enqueue_many("globex", "record", [{"n": i} for i in range(2)])
+
+    count = text("SELECT count(*) FROM tenantry.tenantry_jobs")
+    for tid, expected in (("acme", 3), ("globex", 2)):
+        with tenant_context(tid), env.t.session() as s:
+            assert s.execute(count).scalar() == expected
+            tenants = s.execute(text("SELECT DISTINCT tenant_id FROM tenantry.tenantry_jobs"))
+            assert set(tenants.scalars()) == {tid}
+            touched = s.execute(text("UPDATE tenantry.tenantry_jobs SET priority = 7 RETURNING id"))
+            assert len(touched.all()) == expected
+            gone = s.execute(
+                text("DELETE FROM tenantry.tenantry_jobs WHERE priority = 7 RETURNING id")
+            )
+            assert len(gone.all()) == expected
+            s.rollback()
+
+    spoof = text(
+        "INSERT INTO tenantry.tenantry_jobs"
+        " (tenant_id, kind, payload, state, max_attempts, scheduled_at, errors, created_at)"
+        " VALUES ('globex', 'record', '{}', 'available', 1, now(), '[]', now())"
+    )
+    with tenant_context("acme"), env.t.session() as s:
+        with pytest.raises(DBAPIError) as caught:
+            s.execute(spoof)
+        assert "row-level security" in str(caught.value)
+        s.rollback()
+
+    # The worker's (owner) connection sees every tenant's jobs.
+    with env.source("acme").engine().connect() as conn:
+        assert conn.execute(count).scalar() == 5
+    assert env.total("acme") == 3
+    assert env.total("globex") == 2

@@ -1,0 +1,81 @@
+"""The queue follows the tenant life cycle: suspended tenants' jobs wait, deleted ones go."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from sqlalchemy import func, select, text
+
+from tenantry.queue import JobState
+from tenantry.queue.job import utcnow
+from tenantry.queue.schema import jobs_table as J
+from tests.conftest import TenantryFactory
+from tests.integration.queue.handlers import Recorder, recording_registry
+from tests.integration.queue.support import CASES, EnvFactory, build_env, running, wait_until
+
+
+@CASES
+async def test_a_suspended_tenants_jobs_wait_without_spending_attempts(
+    make_env: EnvFactory, backend: str, mode: str
+) -> None:
+    rec = Recorder()
+    env = make_env(backend, mode, recording_registry(rec))
+    held = env.enqueue("acme", "work", {"n": 1})
+    free = env.enqueue("globex", "work", {"n": 2})
+    env.t.suspend_tenant("acme")
+    worker = env.worker(suspended_retry=0.3)
+    async with running(worker):
+        await wait_until(lambda: env.state("globex", free.id) is JobState.COMPLETED, 10)
+        await wait_until(
+            lambda: (
+                env.job("acme", held.id).errors == []
+                and env.state("acme", held.id) is JobState.SCHEDULED
+            ),
+            10,
+            what="the suspended tenant's job put back",
+        )
+        waiting = await env.ajob("acme", held.id)
+        assert waiting.attempt == 0
+        assert waiting.scheduled_at > utcnow()  # waits suspended_retry, then re-checks
+        await asyncio.sleep(0.8)  # several postpone cycles
+        assert rec.count("acme", held.id) == 0
+        await asyncio.to_thread(env.t.resume_tenant, "acme")
+        await wait_until(lambda: env.state("acme", held.id) is JobState.COMPLETED, 10)
+    done = env.job("acme", held.id)
+    assert done.attempt == 1
+    assert done.errors == []
+    assert rec.count("acme", held.id) == 1
+
+
+@CASES
+def test_deleting_a_tenant_deletes_its_jobs(
+    make_tenantry: TenantryFactory, backend: str, mode: str
+) -> None:
+    env = build_env(make_tenantry, backend, mode, recording_registry(Recorder()))
+    env.enqueue_many("acme", "work", [{"n": i} for i in range(3)])
+    env.enqueue_many("globex", "work", [{"n": i} for i in range(2)])
+    store = env.t.default_store
+    env.t.delete_tenant("globex")
+
+    assert env.total("acme") == 3
+    assert {j.tenant_id for j in env.queue.list_jobs()} == {"acme"}
+    for source in env.queue.sources():
+        with source.engine(write=False).connect() as conn:
+            left = conn.scalar(select(func.count()).select_from(J).where(J.c.tenant_id == "globex"))
+        assert left == 0, source.key
+    if mode == "database":
+        name = store.tenant_database_name("globex")
+        if backend == "sqlite":
+            assert not os.path.exists(name)
+        else:
+            with store.admin_engine().connect() as conn:
+                found = conn.execute(
+                    text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+                ).first()
+            assert found is None
+    # The id can be used again, and starts with no jobs.
+    env.t.create_tenant("globex", isolation=mode)
+    assert env.total("globex") == 0
+    env.enqueue("globex", "work", {"n": 9})
+    assert env.total("globex") == 1

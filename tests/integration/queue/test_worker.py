@@ -1,0 +1,253 @@
+"""Workers: every job once, in its tenant; transactional handlers; scheduled jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from tenantry import current_tenant, current_tenant_or_none, tenant_context
+from tenantry.queue import JobContext, JobRegistry, JobState, Queue, RetryPolicy
+from tests.integration.queue.handlers import Item, Recorder, recording_registry
+from tests.integration.queue.support import CASES, EnvFactory, running, wait_until
+from tests.models import Note
+
+THREE_TENANTS = ("acme", "globex", "initech")
+
+
+@CASES
+async def test_workers_run_each_job_exactly_once_in_its_tenant(
+    make_env: EnvFactory, backend: str, mode: str
+) -> None:
+    rec = Recorder()
+    registry = JobRegistry()
+
+    @registry.handler("async_job")
+    async def async_job(ctx: JobContext, payload: Item) -> None:
+        rec.hit(ctx)
+        assert current_tenant() == ctx.tenant_id
+        await asyncio.sleep(0.002)
+
+    @registry.handler("sync_job")
+    def sync_job(ctx: JobContext, payload: Item) -> None:
+        rec.hit(ctx)
+        time.sleep(0.002)
+
+    env = make_env(backend, mode, registry, THREE_TENANTS)
+    expected: set[tuple[str, int]] = set()
+    for tid in THREE_TENANTS:
+        for kind, n in (("async_job", 20), ("sync_job", 10)):
+            jobs = env.enqueue_many(tid, kind, [{"n": i} for i in range(n)])
+            expected |= {(tid, j.id) for j in jobs}
+    assert len(expected) == 90
+
+    def all_completed() -> bool:
+        return all(env.counts(tid)["completed"] == 30 for tid in THREE_TENANTS)
+
+    workers = [env.worker(concurrency=4) for _ in range(3)]
+    async with running(*workers):
+        await wait_until(all_completed, what="90 jobs completed")
+
+    assert set(rec.calls) == expected
+    assert all(n == 1 for n in rec.calls.values()), rec.calls.most_common(3)
+    # The handler ran with the job's tenant set, sync (thread) handlers included.
+    assert all(seen == [key[0]] for key, seen in rec.tenants.items())
+    stats = [w.stats for w in workers]
+    assert sum(s.completed for s in stats) == 90
+    assert sum(s.claimed for s in stats) == 90
+    assert sum(s.lost + s.retried + s.dead for s in stats) == 0
+    for tid in THREE_TENANTS:
+        counts = env.counts(tid)
+        assert counts["completed"] == 30
+        assert sum(counts.values()) == 30
+        for job in env.queue.list_jobs(tenant_id=tid, limit=100):
+            assert job.attempt == 1
+            assert job.finished_at is not None
+            assert job.lease_token is None
+    # Nothing leaked into the test's own context.
+    assert current_tenant_or_none() is None
+
+
+def _transactional_registry(rec: Recorder, box: list[Queue]) -> JobRegistry:
+    """Handlers that write a Note and enqueue a follow-up, all through ``ctx.session``."""
+    registry = JobRegistry()
+    never_soon = RetryPolicy(max_attempts=3, base=600, jitter=0)
+
+    @registry.handler("follow_up")
+    async def follow_up(ctx: JobContext, payload: Item) -> None:
+        rec.hit(ctx)
+
+    def write_sync(ctx: JobContext, payload: Item) -> None:
+        rec.hit(ctx)
+        session: Session = ctx.session
+        session.add(Note(body=payload.key))
+        session.flush()
+        box[0].enqueue("follow_up", {"key": payload.key}, session=session)
+
+    async def write_async(ctx: JobContext, payload: Item) -> None:
+        rec.hit(ctx)
+        session: AsyncSession = ctx.session
+        session.add(Note(body=payload.key))
+        await session.flush()
+        await box[0].aenqueue("follow_up", {"key": payload.key}, session=session)
+
+    @registry.handler("tx_sync", transactional=True)
+    def tx_sync(ctx: JobContext, payload: Item) -> None:
+        write_sync(ctx, payload)
+
+    @registry.handler("tx_async", transactional=True)
+    async def tx_async(ctx: JobContext, payload: Item) -> None:
+        await write_async(ctx, payload)
+
+    @registry.handler("tx_sync_fail", transactional=True, retry=never_soon)
+    def tx_sync_fail(ctx: JobContext, payload: Item) -> None:
+        write_sync(ctx, payload)
+        raise RuntimeError("handler failed after writing")
+
+    @registry.handler("tx_async_fail", transactional=True, retry=never_soon)
+    async def tx_async_fail(ctx: JobContext, payload: Item) -> None:
+        await write_async(ctx, payload)
+        raise RuntimeError("handler failed after writing")
+
+    return registry
+
+
+@CASES
+@pytest.mark.parametrize("flavor", ["sync", "async"])
+async def test_transactional_handlers_write_exactly_once(
+    make_env: EnvFactory, backend: str, mode: str, flavor: str
+) -> None:
+    rec = Recorder()
+    box: list[Queue] = []
+    env = make_env(backend, mode, _transactional_registry(rec, box))
+    box.append(env.queue)
+    keys: dict[str, list[str]] = {}
+    for tid in env.tenants:
+        keys[tid] = [f"{tid}-{i}" for i in range(8)]
+        env.enqueue_many(tid, f"tx_{flavor}", [{"key": k} for k in keys[tid]])
+    failing = env.enqueue("acme", f"tx_{flavor}_fail", {"key": "doomed"})
+
+    def settled() -> bool:
+        return (
+            all(env.counts(tid)["completed"] == 16 for tid in env.tenants)
+            and env.state("acme", failing.id) is JobState.RETRYABLE
+        )
+
+    worker = env.worker()
+    async with running(worker):
+        await wait_until(settled, what="transactional jobs and their follow-ups settled")
+
+    for tid in env.tenants:
+        assert env.notes(tid) == sorted(keys[tid])
+        done = env.queue.list_jobs(tenant_id=tid, kind=f"tx_{flavor}")
+        assert len(done) == 8
+        assert all(j.state is JobState.COMPLETED and j.attempt == 1 for j in done)
+        # Exactly one follow-up per successful job, enqueued in its transaction.
+        follow_ups = env.queue.list_jobs(tenant_id=tid, kind="follow_up")
+        assert sorted(j.payload["key"] for j in follow_ups) == sorted(keys[tid])
+        assert all(j.state is JobState.COMPLETED for j in follow_ups)
+    assert all(n == 1 for n in rec.calls.values())
+    assert worker.stats.completed == 32
+    bad = env.job("acme", failing.id)
+    assert bad.state is JobState.RETRYABLE
+    assert bad.attempt == 1
+    assert [e["type"] for e in bad.errors] == ["RuntimeError"]
+    assert bad.finished_at is None
+    assert "doomed" not in env.notes("acme")
+    assert env.total("acme") == 8 + 8 + 1  # the failed run's follow-up was rolled back
+
+
+async def test_delayed_job_waits_and_past_run_at_runs_now(
+    make_env: EnvFactory, backend: str
+) -> None:
+    rec = Recorder()
+    env = make_env(backend, "shared", recording_registry(rec))
+    worker = env.worker()
+    async with running(worker):
+        async with tenant_context("acme"):
+            t0 = time.time()
+            delayed = await env.queue.aenqueue("work", {"n": 1}, delay=0.6)
+            past = await env.queue.aenqueue(
+                "work", {"n": 2}, run_at=datetime.now(UTC) - timedelta(hours=1)
+            )
+        assert delayed.state is JobState.SCHEDULED
+        assert past.state is JobState.AVAILABLE
+        await wait_until(lambda: rec.count("acme", past.id) == 1, 5, what="past job ran")
+        past_at = rec.first_time("acme", past.id)
+        assert past_at is not None
+        assert past_at - t0 < 0.45
+        await asyncio.sleep(max(0.0, t0 + 0.45 - time.time()))
+        assert rec.count("acme", delayed.id) == 0, "the delayed job ran early"
+        await wait_until(lambda: rec.count("acme", delayed.id) == 1, 10, what="delayed job ran")
+        await wait_until(lambda: env.state("acme", delayed.id) is JobState.COMPLETED, 5)
+    ran_at = rec.first_time("acme", delayed.id)
+    assert ran_at is not None
+    assert ran_at - t0 >= 0.58
+    job = env.job("acme", delayed.id)
+    assert job.attempted_at is not None
+    assert job.attempted_at >= job.scheduled_at - timedelta(milliseconds=5)
+
+
+async def test_run_at_in_another_timezone_means_the_same_instant(
+    make_env: EnvFactory, backend: str
+) -> None:
+    # Regression: SQLite used to store run_at's wall-clock time, dropping the offset.
+    rec = Recorder()
+    env = make_env(backend, "shared", recording_registry(rec))
+    plus5 = timezone(timedelta(hours=5))
+    run_at = (datetime.now(UTC) + timedelta(seconds=0.4)).astimezone(plus5)
+    job = env.enqueue("acme", "work", {"n": 1}, run_at=run_at)
+    assert job.state is JobState.SCHEDULED
+    stored = env.job("acme", job.id).scheduled_at
+    assert abs((stored - run_at).total_seconds()) < 0.001, f"{stored} != {run_at}"
+    async with running(env.worker()):
+        await wait_until(lambda: rec.count("acme", job.id) == 1, 5, what="job ran")
+
+
+async def test_higher_priority_runs_first(make_env: EnvFactory, backend: str) -> None:
+    rec = Recorder()
+    env = make_env(backend, "shared", recording_registry(rec))
+    ids = {}
+    for name, priority in (("p0", 0), ("p5a", 5), ("p1", 1), ("p5b", 5), ("neg", -1)):
+        ids[env.enqueue("acme", "work", {"key": name}, priority=priority).id] = name
+    worker = env.worker(concurrency=1, prefetch=0)
+    async with running(worker):
+        await wait_until(lambda: rec.total() == 5, 10)
+    order = [ids[s.id] for s in rec.snapshots]
+    assert order == ["p5a", "p5b", "p1", "p0", "neg"]
+
+
+@CASES
+async def test_worker_serves_only_its_queues_and_tenants(
+    make_env: EnvFactory, backend: str, mode: str
+) -> None:
+    rec = Recorder()
+    registry = JobRegistry()
+
+    @registry.handler("plain")
+    async def plain(ctx: JobContext, payload: Item) -> None:
+        rec.hit(ctx)
+
+    @registry.handler("email", queue="emails")
+    async def email(ctx: JobContext, payload: Item) -> None:
+        rec.hit(ctx)
+
+    env = make_env(backend, mode, registry)
+    wanted = env.enqueue("acme", "email", {"n": 1})
+    redirected = env.enqueue("acme", "plain", {"n": 2}, queue="emails")
+    other_queue = env.enqueue("acme", "plain", {"n": 3})
+    other_tenant = env.enqueue("globex", "email", {"n": 4})
+    assert env.job("acme", redirected.id).queue == "emails"
+    worker = env.worker(queues=["emails"], tenants=["acme"])
+    async with running(worker):
+        await wait_until(
+            lambda: env.counts("acme")["completed"] == 2, 10, what="acme's emails done"
+        )
+        await asyncio.sleep(0.3)  # time enough to (wrongly) take the others
+    assert set(rec.calls) == {("acme", wanted.id), ("acme", redirected.id)}
+    assert env.state("acme", other_queue.id) is JobState.AVAILABLE
+    assert env.state("globex", other_tenant.id) is JobState.AVAILABLE
