@@ -639,6 +639,16 @@ def worker(
     )
     Queue(tenantry, registry).setup()
     asyncio.run(runner.run(install_signals=True))
+    if runner.busy_threads:
+        # Sync handlers past the grace period cannot be interrupted, and Python
+        # would wait for their threads at exit. Their jobs were already released
+        # (and their outcome is fenced out), so leave without them.
+        log.warning(
+            "%d sync handler thread(s) still running; their jobs were released. Exiting.",
+            runner.busy_threads,
+        )
+        logging.shutdown()
+        os._exit(0)
 
 
 def main() -> NoReturn:

@@ -14,7 +14,14 @@ from tenantry.ids import validate_identifier
 from tenantry.models import TENANT_ID_COLUMN, is_tenant_table
 
 TENANT_GUC = "tenantry.tenant_id"
+#: Advisory lock key that serialises tenantry's DDL and grants within a database.
+_DDL_LOCK = 7433003
 POLICY_NAME = "tenantry_tenant_isolation"
+
+
+def ddl_lock(conn: Connection) -> None:
+    """Serialise tenantry's DDL and GRANTs in this database until the transaction ends."""
+    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_DDL_LOCK})")
 
 
 def quote(conn: Connection, identifier: str) -> str:
@@ -69,6 +76,9 @@ def grant_access(
     grantee = rls_role or (_checked_name(app_user) if app_user else "")
     if not grantee:
         return
+    # Concurrent GRANTs on one object fail with "tuple concurrently updated"
+    # (two workers starting at once both run Queue.setup()): serialise them.
+    ddl_lock(conn)
     if rls_role:
         ensure_role(conn, rls_role, app_user)
     if table is None:
@@ -106,6 +116,9 @@ def ensure_policy(conn: Connection, table: str, schema: str, *, force: bool) -> 
     """RLS on and the tenant policy in place; no DDL (no exclusive lock) if already so."""
     if _policy_in_place(conn, table, schema, force=force):
         return
+    ddl_lock(conn)
+    if _policy_in_place(conn, table, schema, force=force):
+        return  # another process did it while we waited
     name = f"{quote(conn, schema)}.{quote(conn, _checked_name(table))}"
     conn.exec_driver_sql(f"ALTER TABLE {name} ENABLE ROW LEVEL SECURITY")
     if force:

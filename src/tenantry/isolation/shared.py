@@ -48,7 +48,7 @@ class SharedIsolation:
             with store.admin_engine().begin() as conn:
                 if store.is_postgres:
                     # Serialise concurrent preparers across processes.
-                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7433001)")
+                    pg.ddl_lock(conn)
                 metadata.create_all(conn, checkfirst=True)
                 if store.is_postgres:
                     pg.enable_rls(conn, metadata, None)

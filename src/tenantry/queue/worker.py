@@ -24,6 +24,7 @@ import contextlib
 import os
 import signal
 import socket
+import threading
 import time
 import traceback
 import uuid
@@ -191,6 +192,8 @@ class Worker:
         self._unsubscribe: list[Callable[[], None]] = []
         self._listeners: dict[str, asyncio.Task[None]] = {}
         self._signals = 0
+        self._busy_threads = 0
+        self._threads_lock = threading.Lock()
 
     # -- public control ---------------------------------------------------------
     def stop(self, *, hard: bool = False) -> None:
@@ -408,6 +411,11 @@ class Worker:
                 gone = TenantNotFoundError(f"tenant {job.tenant_id!r} no longer exists: {exc}")
                 await self._record_failure(held, gone, self.registry.default_retry, dead=True)
                 return False
+            except DB_ERRORS as exc:
+                # The catalog is unreachable: not the job's fault. Hand it back.
+                log.warning("job %s: catalog lookup failed (%s); releasing it", job.id, _short(exc))
+                await self._release([held])
+                return False
         if tenant.status is TenantStatus.ACTIVE:
             return True
         until = utcnow() + timedelta(seconds=self.suspended_retry)
@@ -489,7 +497,23 @@ class Worker:
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         # copy_context: the thread sees this task's tenant, and nothing leaks back.
         ctx = copy_context()
-        return await self._loop.run_in_executor(self._executor, lambda: ctx.run(fn, *args))
+
+        def call() -> T:
+            with self._threads_lock:
+                self._busy_threads += 1
+            try:
+                return ctx.run(fn, *args)
+            finally:
+                with self._threads_lock:
+                    self._busy_threads -= 1
+
+        return await self._loop.run_in_executor(self._executor, call)
+
+    @property
+    def busy_threads(self) -> int:
+        """Sync handlers still running in threads (they cannot be interrupted)."""
+        with self._threads_lock:
+            return self._busy_threads
 
     def _transactional_sync(
         self, handler: Handler, ctx: JobContext, payload: Any, source: JobSource
@@ -742,7 +766,7 @@ class Worker:
             h.task for h in self._held.values() if h.task is not None and not h.task.done()
         }
         if pending and not self._hard_stop:
-            log.info("waiting up to %.0fs for %d running job(s)", self.shutdown_grace, len(pending))
+            log.info("waiting up to %gs for %d running job(s)", self.shutdown_grace, len(pending))
             hard: asyncio.Future[Any] = asyncio.ensure_future(self._hard_event.wait())
             deadline = self._loop.time() + self.shutdown_grace
             while pending and not hard.done():

@@ -7,6 +7,7 @@ import threading
 from sqlalchemy import Connection
 
 from tenantry.errors import ConfigError
+from tenantry.isolation.postgres import ddl_lock
 from tenantry.queue.backends.base import Inserted, Lease, QueueBackend
 from tenantry.queue.backends.postgres import PostgresBackend
 from tenantry.queue.backends.sqlite import SqliteBackend
@@ -38,7 +39,7 @@ def ensure_store_queue(store: Store) -> None:
             return
         with store.admin_engine().begin() as conn:
             if store.is_postgres:
-                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7433002)")
+                ddl_lock(conn)
             ensure_queue_schema(conn, store)
         store.prepared_queue = True
 

@@ -150,6 +150,7 @@ class PostgresBackend(QueueBackend):
         and enqueue only their own tenant's jobs, while the worker, connecting as
         the owner through the admin URL, claims across tenants.
         """
+        pg.ddl_lock(conn)  # concurrent set-ups (two workers starting) would race
         conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {TENANTRY_SCHEMA}")
         queue_metadata.create_all(conn, checkfirst=True)
         pg.ensure_policy(conn, jobs_table.name, TENANTRY_SCHEMA, force=False)

@@ -1,0 +1,1 @@
+"""Fault injection: worker crashes, signals, lost connections and server restarts."""
