@@ -217,6 +217,10 @@ class QueueBackend:
             values.update(state=JobState.DEAD.value, finished_at=self.now())
         else:
             values.update(state=JobState.RETRYABLE.value, scheduled_at=retry_at)
+        return self._fenced_one(conn, job, **values)
+
+    def _fenced_one(self, conn: Connection, job: Job, **values: Any) -> bool:
+        """UPDATE one job only if it is still running under this attempt's lease."""
         result = conn.execute(
             update(J)
             .where(
@@ -286,23 +290,16 @@ class QueueBackend:
         Used when the job's tenant cannot be served right now (suspended): the
         job waits instead of failing.
         """
-        result = conn.execute(
-            update(J)
-            .where(
-                J.c.id == job.id,
-                J.c.lease_token == job.lease_token,
-                J.c.state == JobState.RUNNING.value,
-            )
-            .values(
-                state=JobState.SCHEDULED.value,
-                attempt=J.c.attempt - 1,
-                scheduled_at=until,
-                lease_expires_at=None,
-                lease_token=None,
-                worker_id=None,
-            )
+        return self._fenced_one(
+            conn,
+            job,
+            state=JobState.SCHEDULED.value,
+            attempt=J.c.attempt - 1,
+            scheduled_at=until,
+            lease_expires_at=None,
+            lease_token=None,
+            worker_id=None,
         )
-        return result.rowcount == 1
 
     def delete_tenant_jobs(self, conn: Connection, tenant_id: str) -> int:
         return int(conn.execute(delete(J).where(J.c.tenant_id == tenant_id)).rowcount or 0)
