@@ -8,8 +8,8 @@ rows written by an older version of the code, or by hand).
 
 from __future__ import annotations
 
+import builtins
 import inspect
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,15 +62,23 @@ def _payload_type_of(fn: HandlerFn) -> Any:
             f"handler {fn.__qualname__} must take (ctx, payload); "
             f"it takes {len(params)} argument(s)"
         )
-    try:
-        hints = typing.get_type_hints(fn)
-    except Exception as exc:  # unresolvable annotations: say so plainly
-        raise ConfigError(f"cannot resolve annotations of {fn.__qualname__}: {exc}") from exc
-    if params[1].name not in hints:
+    annotation = params[1].annotation
+    if annotation is inspect.Parameter.empty:
         raise ConfigError(
             f"handler {fn.__qualname__}: annotate the payload parameter or pass payload=..."
         )
-    return hints[params[1].name]
+    if not isinstance(annotation, str):
+        return annotation
+    # Only the payload's annotation matters; resolve it alone (the ctx or return
+    # annotations of a handler defined in a function may not resolve globally).
+    namespace = {**vars(builtins), **fn.__globals__, **inspect.getclosurevars(fn).nonlocals}
+    try:
+        return eval(annotation, namespace)  # noqa: S307 - a type annotation written by the app
+    except Exception as exc:  # unresolvable annotation: say so plainly
+        raise ConfigError(
+            f"cannot resolve the payload annotation {annotation!r} of {fn.__qualname__}: {exc}; "
+            "pass payload=... instead"
+        ) from exc
 
 
 class JobRegistry:

@@ -312,3 +312,44 @@ def test_keyed_enqueue_waits_for_an_uncommitted_holder(
         assert result.created
         assert jobs[0].id == result.id
         assert jobs[0].payload["n"] == 2
+
+
+def test_bulk_rows_round_trip_every_value_type(
+    make_tenantry: TenantryFactory, backend: str
+) -> None:
+    """The plain-SQL bulk path stores exactly what the typed single-row path stores."""
+    from datetime import UTC, datetime, timedelta
+
+    from tenantry import JobContext, JobRegistry, Queue, tenant_context
+
+    registry = JobRegistry()
+
+    @registry.handler("text")
+    def text_job(ctx: JobContext, payload: str) -> None:
+        return None
+
+    @registry.handler("doc")
+    def doc_job(ctx: JobContext, payload: dict[str, object]) -> None:
+        return None
+
+    t = make_tenantry(backend)
+    t.create_tenant("acme")
+    queue = Queue(t, registry)
+    queue.setup()
+    run_at = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+    with tenant_context("acme"):
+        texts = queue.enqueue_many("text", ["plain", 'quo"te', "", "ünï©ødé"], run_at=run_at)
+        docs = queue.enqueue_many(
+            "doc", [{"a": [1, 2.5, None]}, {}, {"nested": {"x": "y"}}], delay=timedelta(0)
+        )
+        single = queue.enqueue("text", "plain", run_at=run_at)
+    got = [queue.get_job("acme", j.id) for j in texts]
+    assert [j.payload for j in got] == ["plain", 'quo"te', "", "ünï©ødé"]
+    assert all(j.scheduled_at == run_at for j in got)
+    assert queue.get_job("acme", single.id).scheduled_at == run_at
+    assert [queue.get_job("acme", j.id).payload for j in docs] == [
+        {"a": [1, 2.5, None]},
+        {},
+        {"nested": {"x": "y"}},
+    ]
+    assert all(queue.get_job("acme", j.id).errors == [] for j in docs)
