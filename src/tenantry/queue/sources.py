@@ -37,7 +37,8 @@ class JobSource:
             engine = self.store.admin_engine()
         else:
             engine = self.store.tenant_engine(self.tenant_id, admin=True)
-        return engine.execution_options(**self.backend.write_options) if write else engine
+        options = self.backend.write_options
+        return engine.execution_options(**options) if write and options else engine
 
     def async_engine(self) -> AsyncEngine:
         # Queue transactions write; on SQLite they take the write lock at BEGIN
@@ -46,7 +47,8 @@ class JobSource:
             engine = self.store.async_engine(admin=True)
         else:
             engine = self.store.tenant_async_engine(self.tenant_id, admin=True)
-        return engine.execution_options(**self.backend.write_options)
+        options = self.backend.write_options
+        return engine.execution_options(**options) if options else engine
 
 
 def source_of(tenant: Tenant, store: Store) -> JobSource:
