@@ -797,6 +797,10 @@ class Worker:
         for group in by_source.values():
             source = group[0].source
             leases = [(h.job.id, h.job.lease_token or "") for h in group]
+            # Whatever happens below, this worker stops holding them: were they
+            # kept, the heartbeat would renew leases for jobs nothing runs.
+            for held in group:
+                self._forget(held)
             try:
                 async with source.async_engine().begin() as conn:
                     released = await conn.run_sync(source.backend.release, leases)
@@ -808,8 +812,6 @@ class Worker:
                     _short(exc),
                 )
                 continue
-            for held in group:
-                self._forget(held)
             self.stats.released += len(released)
             if released:
                 log.info("released %d job(s) on %s for other workers", len(released), source.key)

@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from tenantry import Tenant, Worker
+from tenantry.queue.backends.sqlite import SqliteBackend
 from tests.conftest import TenantryFactory
 from tests.integration.faults.harness import JobBook
 from tests.queue_app import registry
@@ -77,3 +78,64 @@ async def test_catalog_lookup_outage_is_not_logged_as_internal_error(
     book.assert_exactly_once(lambda: caplog.text)  # recovered: ran once, in the end
     internal = [r.getMessage() for r in caplog.records if "internal error" in r.getMessage()]
     assert not internal, f"a database outage was reported as a worker bug: {internal}"
+
+
+async def test_a_job_that_cannot_be_released_is_not_held_forever(
+    make_tenantry: TenantryFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Catalog lookup and release both fail (database away): the job must come back.
+
+    The worker has to stop holding it, so its lease expires and the rescuer
+    returns it; were it still held, the heartbeat would renew the lease of a
+    job nothing runs and it would stay ``running`` for good.
+    """
+    tenantry = make_tenantry("sqlite")
+    tenantry.create_tenant("blip_shared")
+    book = JobBook(tenantry, ["blip_shared"])
+    book.setup()
+    book.enqueue(1, rng=random.Random(0), kinds=["record"])
+
+    outage = True
+    real_get = tenantry.catalog.get
+    real_release = SqliteBackend.release
+
+    def broken() -> OperationalError:
+        return OperationalError("...", {}, ConnectionError("database is away"))
+
+    def flaky_get(tenant_id: str, *, cached: bool = True) -> Tenant:
+        if outage:
+            raise broken()
+        return real_get(tenant_id, cached=cached)
+
+    def flaky_release(self: SqliteBackend, conn: Any, leases: Any) -> set[int]:
+        if outage:
+            raise broken()
+        return real_release(self, conn, leases)
+
+    monkeypatch.setattr(tenantry.catalog, "get", flaky_get)
+    monkeypatch.setattr(tenantry.catalog, "get_cached", lambda tenant_id: None)
+    monkeypatch.setattr(SqliteBackend, "release", flaky_release)
+
+    worker = Worker(
+        tenantry,
+        registry,
+        concurrency=1,
+        poll_interval=0.05,
+        lease_seconds=1.0,
+        heartbeat_interval=0.2,
+        rescue_interval=0.2,
+    )
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.sleep(0.5)  # claimed, lookup failed, release failed
+        outage = False
+        deadline = time.monotonic() + 20
+        while await asyncio.to_thread(book.completed) < 1:
+            assert time.monotonic() < deadline, f"job stuck: {book.describe()}"
+            await asyncio.sleep(0.1)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 20)
+        await tenantry.aclose()
+    assert worker.stats.rescued >= 1
