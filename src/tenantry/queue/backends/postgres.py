@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
@@ -73,8 +74,48 @@ def _lease_params(leases: Sequence[Lease]) -> dict[str, Any]:
     return {"ids": [i for i, _ in leases], "tokens": [t for _, t in leases]}
 
 
+# Bulk enqueue: one INSERT over parallel arrays (one bound parameter per
+# column, however many rows), like River's and pgqueuer's UNNEST inserts.
+_BULK_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("tenant_id", "text"),
+    ("queue", "text"),
+    ("kind", "text"),
+    ("payload", "jsonb"),
+    ("priority", "smallint"),
+    ("state", "text"),
+    ("attempt", "integer"),
+    ("max_attempts", "integer"),
+    ("scheduled_at", "timestamptz"),
+    ("errors", "jsonb"),
+    ("idempotency_key", "text"),
+    ("correlation_id", "text"),
+    ("created_at", "timestamptz"),
+)
+_BULK_INSERT = (
+    f"INSERT INTO {_TABLE} ({', '.join(c for c, _ in _BULK_COLUMNS)}) "
+    f"SELECT {', '.join(f'{c}::{t}' for c, t in _BULK_COLUMNS)} FROM unnest("
+    + ", ".join(f"%({c})s::{'text' if t == 'jsonb' else t}[]" for c, t in _BULK_COLUMNS)
+    + f") WITH ORDINALITY AS r({', '.join(c for c, _ in _BULK_COLUMNS)}, n) "
+    "ORDER BY n RETURNING id"
+)
+
+
 class PostgresBackend(QueueBackend):
     dialect: ClassVar[str] = "postgresql"
+
+    def insert_many_ids(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+        """One INSERT ... SELECT FROM unnest(arrays) for any number of rows.
+
+        Rows are inserted in array order, so identity values are assigned in
+        that order too: the returned ids, sorted, pair with the rows.
+        """
+        params: dict[str, list[Any]] = {c: [] for c, _ in _BULK_COLUMNS}
+        for row in rows:
+            for column, kind in _BULK_COLUMNS:
+                value = row.get(column)
+                params[column].append(json.dumps(value) if kind == "jsonb" else value)
+        ids = conn.exec_driver_sql(_BULK_INSERT, params).scalars()
+        return sorted(int(i) for i in ids)
 
     def claim(
         self,
