@@ -133,7 +133,7 @@ class Store:
         self._lock = threading.Lock()
         self._engine: Engine | None = None
         self._admin_engine: Engine | None = None
-        self._async_engines: dict[bool, AsyncEngine] = {}
+        self._async_engines: dict[bool | str, AsyncEngine] = {}
         self._tenant_engines: _LRU[Engine] = _LRU(config.max_tenant_engines, Engine.dispose)
         self._tenant_async_engines: _LRU[AsyncEngine] = _LRU(
             config.max_tenant_engines, _dispose_async
@@ -166,10 +166,10 @@ class Store:
             Path(url.database or "").parent.mkdir(parents=True, exist_ok=True)
         return url
 
-    def _pool_options(self, small: bool) -> dict[str, Any]:
+    def _pool_options(self, small: bool, ping: bool = True) -> dict[str, Any]:
         # Tenant-database pools stay tiny: max_tenant_engines of them may be open.
         size, overflow = (1, 2) if small else (self.config.pool_size, self.config.pool_size)
-        return {"pool_size": size, "max_overflow": overflow, "pool_pre_ping": True}
+        return {"pool_size": size, "max_overflow": overflow, "pool_pre_ping": ping}
 
     def _make_engine(self, url: URL, *, small: bool = False, **kw: Any) -> Engine:
         if self.dialect == "sqlite":
@@ -179,12 +179,14 @@ class Store:
             engine = create_engine(url, **self._pool_options(small), **kw)
         return engine.execution_options(schema_translate_map=self.translate_map)
 
-    def _make_async_engine(self, url: URL, *, small: bool = False) -> AsyncEngine:
+    def _make_async_engine(
+        self, url: URL, *, small: bool = False, ping: bool = True
+    ) -> AsyncEngine:
         if self.dialect == "sqlite":
             engine = create_async_engine(url)
             _sqlite_connect_hooks(engine.sync_engine)
         else:
-            engine = create_async_engine(url, **self._pool_options(small))
+            engine = create_async_engine(url, **self._pool_options(small, ping))
         return engine.execution_options(schema_translate_map=self.translate_map)
 
     # -- the store database -------------------------------------------------
@@ -210,6 +212,30 @@ class Store:
             if engine is None:
                 engine = self._make_async_engine(self._url(admin=admin, is_async=True))
                 self._async_engines[admin] = engine
+            return engine
+
+    def queue_async_engine(self, tenant_id: str | None = None) -> AsyncEngine:
+        """The queue worker's engine (store database, or a tenant's own): admin, no pre-ping.
+
+        Pre-ping costs a round trip per checkout, on every claim and
+        acknowledgement. The worker does not need it: an operation that meets a
+        dead connection fails, SQLAlchemy invalidates the pool, and the worker
+        retries with backoff.
+        """
+        admin = self.config.admin_url is not None
+        if tenant_id is not None:
+            name = self.tenant_database_name(tenant_id)
+            return self._tenant_async_engines.get_or_create(
+                f"{tenant_id}:q",
+                lambda: self._make_async_engine(
+                    self._url(admin=admin, is_async=True, database=name), small=True, ping=False
+                ),
+            )
+        with self._lock:
+            engine = self._async_engines.get("q")
+            if engine is None:
+                engine = self._make_async_engine(self._url(admin=admin, is_async=True), ping=False)
+                self._async_engines["q"] = engine
             return engine
 
     # -- database-per-tenant -------------------------------------------------
@@ -266,11 +292,11 @@ class Store:
 
     def forget_tenant_engines(self, tenant_id: str) -> None:
         """Dispose the cached engines of one tenant database (before dropping it)."""
-        for admin in (0, 1):
-            engine = self._tenant_engines.pop(f"{tenant_id}:{admin}")
+        for kind in ("0", "1", "q"):
+            engine = self._tenant_engines.pop(f"{tenant_id}:{kind}")
             if engine is not None:
                 engine.dispose()
-            async_engine = self._tenant_async_engines.pop(f"{tenant_id}:{admin}")
+            async_engine = self._tenant_async_engines.pop(f"{tenant_id}:{kind}")
             if async_engine is not None:
                 _dispose_async(async_engine)
 

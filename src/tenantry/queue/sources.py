@@ -43,10 +43,7 @@ class JobSource:
     def async_engine(self) -> AsyncEngine:
         # Queue transactions write; on SQLite they take the write lock at BEGIN
         # so a read-then-write transaction cannot fail half-way with BUSY.
-        if self.tenant_id is None:
-            engine = self.store.async_engine(admin=True)
-        else:
-            engine = self.store.tenant_async_engine(self.tenant_id, admin=True)
+        engine = self.store.queue_async_engine(self.tenant_id)
         options = self.backend.write_options
         return engine.execution_options(**options) if options else engine
 
