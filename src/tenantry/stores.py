@@ -133,7 +133,7 @@ class Store:
         self._lock = threading.Lock()
         self._engine: Engine | None = None
         self._admin_engine: Engine | None = None
-        self._async_engines: dict[bool | str, AsyncEngine] = {}
+        self._async_engines: dict[str, AsyncEngine] = {}  # "app" and "q" (worker)
         self._tenant_engines: _LRU[Engine] = _LRU(config.max_tenant_engines, Engine.dispose)
         self._tenant_async_engines: _LRU[AsyncEngine] = _LRU(
             config.max_tenant_engines, _dispose_async
@@ -204,14 +204,13 @@ class Store:
                 self._admin_engine = self._make_engine(self._url(admin=True, is_async=False))
             return self._admin_engine
 
-    def async_engine(self, *, admin: bool = False) -> AsyncEngine:
-        """Async engine on the store database; ``admin=True`` for the worker and operations."""
-        admin = admin and self.config.admin_url is not None
+    def async_engine(self) -> AsyncEngine:
+        """Async engine on the store database, for tenant and global sessions."""
         with self._lock:
-            engine = self._async_engines.get(admin)
+            engine = self._async_engines.get("app")
             if engine is None:
-                engine = self._make_async_engine(self._url(admin=admin, is_async=True))
-                self._async_engines[admin] = engine
+                engine = self._make_async_engine(self._url(admin=False, is_async=True))
+                self._async_engines["app"] = engine
             return engine
 
     def queue_async_engine(self, tenant_id: str | None = None) -> AsyncEngine:
@@ -268,13 +267,12 @@ class Store:
             ),
         )
 
-    def tenant_async_engine(self, tenant_id: str, *, admin: bool = False) -> AsyncEngine:
-        admin = admin and self.config.admin_url is not None
+    def tenant_async_engine(self, tenant_id: str) -> AsyncEngine:
         name = self.tenant_database_name(tenant_id)
         return self._tenant_async_engines.get_or_create(
-            f"{tenant_id}:{int(admin)}",
+            f"{tenant_id}:0",
             lambda: self._make_async_engine(
-                self._url(admin=admin, is_async=True, database=name), small=True
+                self._url(admin=False, is_async=True, database=name), small=True
             ),
         )
 
@@ -299,10 +297,6 @@ class Store:
             async_engine = self._tenant_async_engines.pop(f"{tenant_id}:{kind}")
             if async_engine is not None:
                 _dispose_async(async_engine)
-
-    @property
-    def cached_tenant_engines(self) -> int:
-        return len(self._tenant_engines) + len(self._tenant_async_engines)
 
     # -- lifecycle --------------------------------------------------------------
     def dispose(self) -> None:

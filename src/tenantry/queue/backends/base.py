@@ -22,7 +22,6 @@ from sqlalchemy import (
     Insert,
     and_,
     delete,
-    or_,
     select,
     tuple_,
     update,
@@ -329,11 +328,3 @@ class QueueBackend:
             .scalar_subquery()
         )
         return int(conn.execute(delete(J).where(J.c.id.in_(batch))).rowcount or 0)
-
-    @staticmethod
-    def finished_filter() -> ColumnElement[bool]:
-        return or_(
-            J.c.state == JobState.COMPLETED.value,
-            J.c.state == JobState.DEAD.value,
-            J.c.state == JobState.CANCELLED.value,
-        )
