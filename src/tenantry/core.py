@@ -13,7 +13,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from sqlalchemy import MetaData
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -32,10 +34,16 @@ from tenantry.ids import validate_tenant_id
 from tenantry.isolation import IsolationStrategy, strategy_for
 from tenantry.logs import get_logger
 from tenantry.models import TENANT_ID_COLUMN, GlobalBase, TenantBase, is_tenant_table
+from tenantry.queue import control
+from tenantry.queue.backends import backend_for, ensure_store_queue
+from tenantry.queue.sources import source_of
 from tenantry.session import TenantSession
 from tenantry.stores import Store
 
 log = get_logger(__name__)
+
+#: A database that is away, not a bug: (SQLAlchemy's and the drivers' errors).
+DB_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, psycopg.Error, OSError)
 
 
 def import_object(ref: str) -> Any:
@@ -176,6 +184,7 @@ class Tenantry:
         A crash anywhere leaves a ``provisioning`` row that the next call resumes.
         """
         validate_tenant_id(tenant_id)
+        control.QueueSettings.from_settings(settings)  # bad queue settings fail here, not later
         mode = IsolationMode(isolation)
         target = self.store(store)
         strategy = strategy_for(mode)
@@ -215,6 +224,7 @@ class Tenantry:
         except TenantStateError:
             # A concurrent create of the same tenant finished first.
             raise TenantExistsError(f"tenant {tenant_id!r} already exists") from None
+        self._sync_queue_control(tenant)
         log.info("tenant %s is active", tenant_id)
         return tenant
 
@@ -231,13 +241,21 @@ class Tenantry:
         if name is not None:
             changes["name"] = name
         if settings is not None:
+            control.QueueSettings.from_settings(settings)
             changes["settings"] = dict(settings)
-        return self.catalog.update(tenant_id, **changes) if changes else self.get_tenant(tenant_id)
+        if not changes:
+            return self.get_tenant(tenant_id)
+        tenant = self.catalog.update(tenant_id, **changes)
+        if settings is not None:
+            self._sync_queue_control(tenant)
+        return tenant
 
     def suspend_tenant(self, tenant_id: str) -> Tenant:
+        """Stop serving the tenant: sessions refuse, its jobs wait (they do not fail)."""
         tenant = self.catalog.set_status(
             tenant_id, TenantStatus.SUSPENDED, expect=[TenantStatus.ACTIVE]
         )
+        self._sync_queue_control(tenant)
         log.info("tenant %s suspended", tenant_id)
         return tenant
 
@@ -245,8 +263,31 @@ class Tenantry:
         tenant = self.catalog.set_status(
             tenant_id, TenantStatus.ACTIVE, expect=[TenantStatus.SUSPENDED]
         )
+        self._sync_queue_control(tenant)
         log.info("tenant %s resumed", tenant_id)
         return tenant
+
+    def _sync_queue_control(self, tenant: Tenant) -> bool:
+        """Mirror the tenant's status and queue settings next to its jobs.
+
+        The catalog change has happened either way. If the jobs' database is
+        unreachable now, workers still re-check the catalog before starting a
+        job, and repair the row when they next reconcile.
+        """
+        try:
+            source = source_of(tenant, self.store(tenant.store))
+            if source.tenant_id is None:
+                ensure_store_queue(source.store)  # a tenant's own database has it already
+            with source.engine().begin() as conn:
+                control.sync(conn, [tenant])
+        except DB_ERRORS as exc:
+            log.warning(
+                "queue control of tenant %s not updated (%s); workers will repair it",
+                tenant.id,
+                type(exc).__name__,
+            )
+            return False
+        return True
 
     def delete_tenant(self, tenant_id: str) -> None:
         """Drop the tenant's data and catalog entry; re-running finishes a crashed delete."""
@@ -254,9 +295,17 @@ class Tenantry:
         if tenant.status is not TenantStatus.DELETING:
             tenant = self.catalog.set_status(tenant_id, TenantStatus.DELETING)
         log.info("deleting tenant %s (%s on %s)", tenant_id, tenant.isolation.value, tenant.store)
-        strategy_for(tenant.isolation).deprovision(
-            self.store(tenant.store), tenant_id, self.tenant_metadata
-        )
+        store = self.store(tenant.store)
+        if self._sync_queue_control(tenant):  # paused: no new starts
+            source = source_of(tenant, store)
+            with source.engine().begin() as conn:
+                cancelled = backend_for(store.dialect).cancel_tenant_jobs(conn, tenant_id)
+            if cancelled:
+                log.info("cancelled %d unfinished job(s) of tenant %s", cancelled, tenant_id)
+        strategy_for(tenant.isolation).deprovision(store, tenant_id, self.tenant_metadata)
+        if tenant.isolation is not IsolationMode.DATABASE:  # a dropped database took it along
+            with source_of(tenant, store).engine().begin() as conn:
+                control.remove(conn, tenant_id)
         self.catalog.delete(tenant_id)
         log.info("tenant %s deleted", tenant_id)
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
+    Connection,
     DateTime,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -68,6 +71,19 @@ Index(
     postgresql_where=text(_RUNNABLE),
     sqlite_where=text(_RUNNABLE),
 )
+# Fair claiming walks the tenants that have runnable jobs (a loose index scan
+# over tenant_id) and takes each one's next jobs in priority order; ``queue``
+# rides along (INCLUDE) so the queue filter needs no heap visit.
+Index(
+    "ix_tenantry_jobs_fair",
+    jobs_table.c.tenant_id,
+    jobs_table.c.priority.desc(),
+    jobs_table.c.scheduled_at,
+    jobs_table.c.id,
+    postgresql_where=text(_RUNNABLE),
+    postgresql_include=["queue"],
+    sqlite_where=text(_RUNNABLE),
+)
 Index(
     "ix_tenantry_jobs_waiting",
     jobs_table.c.scheduled_at,
@@ -97,3 +113,34 @@ Index(
     postgresql_where=text("finished_at IS NOT NULL"),
     sqlite_where=text("finished_at IS NOT NULL"),
 )
+
+# One row per tenant with jobs in this database: its status, weight, limits and
+# rate-limit bucket, readable by the claim SQL (see ``queue/control.py``).
+control_table = Table(
+    "tenantry_queue_tenants",
+    queue_metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("weight", Integer, nullable=False, server_default="1"),
+    Column("max_running", Integer),
+    Column("rate", Float),  # job starts per second
+    Column("burst", Float),
+    Column("paused", Boolean, nullable=False, server_default="false"),
+    Column("tokens", Float),
+    Column("refilled_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+_LIMITED = "max_running IS NOT NULL OR rate IS NOT NULL"
+Index(
+    "ix_tenantry_queue_tenants_limited",
+    control_table.c.tenant_id,
+    postgresql_where=text(_LIMITED),
+    sqlite_where=text(_LIMITED),
+)
+
+
+def create_queue_tables(conn: Connection) -> None:
+    """Create missing tables and indexes (an index added in a later release too)."""
+    queue_metadata.create_all(conn, checkfirst=True)
+    for table in queue_metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)

@@ -89,6 +89,7 @@ class WorkerStats:
     lost: int = 0
     released: int = 0
     rescued: int = 0
+    postponed: int = 0  # claimed, then put back: the catalog said its tenant is not active
 
 
 @dataclass
@@ -426,6 +427,7 @@ class Worker:
         except DB_ERRORS as exc:
             log.warning("could not postpone job %s: %s", job.id, _short(exc))
         self._forget(held)
+        self.stats.postponed += 1
         log.info("job %s waits: tenant %s is %s", job.id, job.tenant_id, tenant.status.value)
         return False
 

@@ -54,7 +54,7 @@ def _claim_plan(
     finally:
         raw.remove_notice_handler(on_notice)
         conn.invalidate()  # auto_explain stays loaded in that session: do not pool it
-    plans = [n for n in notices if "tenantry_jobs" in n and "running" in n]
+    plans = [n for n in notices if "tenantry_jobs" in n and "lease_token" in n]
     assert len(plans) == 1, notices
     report = json.loads(plans[0].split("plan:", 1)[1])
     return _nodes(report["Plan"])
@@ -62,8 +62,9 @@ def _claim_plan(
 
 @pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
 @pytest.mark.parametrize("tenants", [None, ["acme"]])
+@pytest.mark.parametrize("fair", [True, False], ids=["fair", "fifo"])
 def test_claim_reads_the_partial_index_not_the_table(
-    make_tenantry: TenantryFactory, plan_cache_mode: str, tenants: list[str] | None
+    make_tenantry: TenantryFactory, plan_cache_mode: str, tenants: list[str] | None, fair: bool
 ) -> None:
     env = build_env(make_tenantry, "postgresql", "shared", noop_registry(), ("acme",))
     for _ in range(4):
@@ -87,13 +88,35 @@ def test_claim_reads_the_partial_index_not_the_table(
                     limit=3,
                     lease_seconds=30,
                     tenants=tenants,
+                    fair=fair,
                 )
             ),
             plan_cache_mode,
         )
     assert len(claimed) == 3
     shape = [(n["Node Type"], n.get("Relation Name"), n.get("Index Name")) for n in plan]
-    assert not [n for n in plan if n["Node Type"] == "Seq Scan"], shape
+    assert not [
+        n for n in plan if n["Node Type"] == "Seq Scan" and n["Relation Name"] == "tenantry_jobs"
+    ], shape
+    if fair:
+        # Runnable rows through the partial indexes (or (tenant_id, state) over
+        # available rows), running counts through (tenant_id, state), the
+        # UPDATE by primary key: never the finished history.
+        for scan in plan:
+            index = scan.get("Index Name")
+            if index is None or not index.startswith(("ix_tenantry_jobs", "tenantry_jobs_")):
+                continue
+            assert index in {
+                "tenantry_jobs_pkey",
+                "ix_tenantry_jobs_fair",
+                "ix_tenantry_jobs_claim",
+                "ix_tenantry_jobs_tenant_state",
+            }, shape
+            if index == "ix_tenantry_jobs_tenant_state":
+                cond = scan.get("Index Cond", "")
+                assert "'running'" in cond or "'available'" in cond, scan
+        assert env.counts("acme")["available"] == 5
+        return
     scans = [n for n in plan if n.get("Relation Name") == "tenantry_jobs" and "Index Name" in n]
     # The candidates come from an index over available rows only; the UPDATE
     # then reaches the chosen rows by primary key.

@@ -27,6 +27,7 @@ from sqlalchemy import (
     update,
 )
 
+from tenantry.queue.fairness import interleave
 from tenantry.queue.job import PENDING_STATES, Job, JobState, utcnow
 from tenantry.queue.schema import jobs_table as J
 
@@ -139,8 +140,24 @@ class QueueBackend:
         limit: int,
         lease_seconds: float,
         tenants: Sequence[str] | None = None,
+        fair: bool = True,
     ) -> list[Job]:
-        """Move up to *limit* available jobs to ``running`` under a fresh lease token."""
+        """Move up to *limit* available jobs to ``running`` under a fresh lease token.
+
+        ``fair=True`` shares the batch between tenants (``queue/fairness.py``)
+        and honours paused tenants and per-tenant limits; ``fair=False`` is
+        strict priority-then-FIFO across all tenants, kept as the baseline the
+        fairness benchmark compares with.
+        """
+        if fair:
+            return self.claim_fair(
+                conn,
+                worker_id=worker_id,
+                queues=queues,
+                limit=limit,
+                lease_seconds=lease_seconds,
+                tenants=tenants,
+            )
         candidates = (
             select(J.c.id)
             .where(J.c.state == JobState.AVAILABLE.value, J.c.queue.in_(list(queues)))
@@ -151,9 +168,28 @@ class QueueBackend:
             candidates = candidates.where(J.c.tenant_id.in_(list(tenants)))
         candidates = self.lock_for_claim(candidates)
         chosen = candidates.cte("chosen")
+        return self.mark_claimed(
+            conn, J.c.id.in_(select(chosen.c.id)), worker_id=worker_id, lease_seconds=lease_seconds
+        )
+
+    def claim_fair(
+        self,
+        conn: Connection,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        tenants: Sequence[str] | None,
+    ) -> list[Job]:
+        raise NotImplementedError
+
+    def mark_claimed(
+        self, conn: Connection, where: ColumnElement[bool], *, worker_id: str, lease_seconds: float
+    ) -> list[Job]:
         stmt = (
             update(J)
-            .where(J.c.id.in_(select(chosen.c.id)))
+            .where(where)
             .values(
                 state=JobState.RUNNING.value,
                 attempt=J.c.attempt + 1,
@@ -164,9 +200,7 @@ class QueueBackend:
             )
             .returning(*J.c)
         )
-        jobs = [Job.from_row(r) for r in conn.execute(stmt)]
-        jobs.sort(key=lambda j: (-j.priority, j.scheduled_at, j.id))
-        return jobs
+        return interleave([Job.from_row(r) for r in conn.execute(stmt)])
 
     def lock_for_claim(self, query: Any) -> Any:
         return query
@@ -299,6 +333,24 @@ class QueueBackend:
             lease_token=None,
             worker_id=None,
         )
+
+    def cancel_tenant_jobs(self, conn: Connection, tenant_id: str) -> int:
+        """Cancel every unfinished job of a tenant (it is being deleted).
+
+        A running job's outcome is then void: its completion is fenced on
+        ``state = 'running'``, and the worker's heartbeat tells the handler.
+        """
+        result = conn.execute(
+            update(J)
+            .where(J.c.tenant_id == tenant_id, J.c.state.in_([s.value for s in PENDING_STATES]))
+            .values(
+                state=JobState.CANCELLED.value,
+                finished_at=self.now(),
+                lease_expires_at=None,
+                lease_token=None,
+            )
+        )
+        return int(result.rowcount or 0)
 
     def delete_tenant_jobs(self, conn: Connection, tenant_id: str) -> int:
         return int(conn.execute(delete(J).where(J.c.tenant_id == tenant_id)).rowcount or 0)

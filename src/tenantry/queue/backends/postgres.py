@@ -14,13 +14,15 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from tenantry.isolation import postgres as pg
 from tenantry.models import TENANTRY_SCHEMA
 from tenantry.queue.backends.base import Lease, QueueBackend
+from tenantry.queue.fairness import interleave
 from tenantry.queue.job import Job
-from tenantry.queue.schema import jobs_table, queue_metadata
+from tenantry.queue.schema import control_table, create_queue_tables, jobs_table
 
 CHANNEL = "tenantry_jobs"
 
 
 _TABLE = f"{TENANTRY_SCHEMA}.{jobs_table.name}"
+_CONTROL = f"{TENANTRY_SCHEMA}.{control_table.name}"
 _LEASES = "unnest(%(ids)s::bigint[], %(tokens)s::text[]) AS lease(id, token)"
 # ``j.id = ANY(ids)`` lets the planner reach the rows by primary key; the join
 # on the lease then fences each row on its token.
@@ -49,6 +51,100 @@ WHERE j.id = ANY(ARRAY(
     FOR UPDATE SKIP LOCKED
 ))
 RETURNING j.*
+"""
+# Fair claim (see ``queue/fairness.py`` for the rule), one statement:
+# ``busy``       the tenants with runnable jobs: a loose index scan, one probe
+#                per tenant, however long any tenant's backlog is;
+# ``ctl``        their control rows: paused tenants drop out, limited tenants
+#                only if this transaction holds their row lock (_LOCK_LIMITED);
+# ``allowed``    what each may start: batch size, concurrency and rate limits;
+# ``contenders`` capped by its runnable jobs (counted up to the allowance);
+# ``slots``      the batch in virtual-time order; ``quota`` per tenant;
+# ``chosen``     each tenant's next jobs by priority, ``SKIP LOCKED``;
+# ``spent``      takes the started jobs out of rate-limit buckets.
+_CLAIM_FAIR = f"""
+WITH RECURSIVE busy(tenant_id) AS (
+    (SELECT tenant_id FROM {_TABLE} j
+     WHERE j.state = 'available' AND {{queue_filter}}{{tenant_filter}}
+     ORDER BY j.tenant_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.tenant_id FROM {_TABLE} j
+            WHERE j.state = 'available' AND {{queue_filter}}{{tenant_filter}}
+              AND j.tenant_id > b.tenant_id
+            ORDER BY j.tenant_id LIMIT 1)
+    FROM busy b WHERE b.tenant_id IS NOT NULL
+), ctl AS (
+    SELECT b.tenant_id, coalesce(c.weight, 1) AS weight, c.max_running,
+           CASE WHEN c.rate IS NOT NULL THEN least(
+               c.burst,
+               coalesce(c.tokens, c.burst)
+               + extract(epoch FROM now() - coalesce(c.refilled_at, now()))::float8 * c.rate
+           ) END AS level
+    FROM busy b LEFT JOIN {_CONTROL} c ON c.tenant_id = b.tenant_id
+    WHERE b.tenant_id IS NOT NULL AND NOT coalesce(c.paused, false)
+      AND ((c.max_running IS NULL AND c.rate IS NULL) OR b.tenant_id = ANY(%(locked)s::text[]))
+), allowed AS (
+    SELECT ctl.tenant_id, ctl.weight, r.running,
+           least(%(limit)s,
+                 coalesce(ctl.max_running - r.running, %(limit)s),
+                 coalesce(floor(ctl.level + 1e-9)::int, %(limit)s)) AS allowance
+    FROM ctl CROSS JOIN LATERAL (
+        SELECT count(*)::int AS running FROM {_TABLE} r
+        WHERE r.tenant_id = ctl.tenant_id AND r.state = 'running'
+    ) r
+), contenders AS (
+    SELECT a.tenant_id, a.weight, a.running, x.n, x.head
+    FROM allowed a CROSS JOIN LATERAL (
+        SELECT count(*)::int AS n, min(s.scheduled_at) AS head FROM (
+            SELECT j.scheduled_at FROM {_TABLE} j
+            WHERE j.state = 'available' AND {{queue_filter}} AND j.tenant_id = a.tenant_id
+            ORDER BY j.priority DESC, j.scheduled_at, j.id
+            LIMIT a.allowance
+        ) s
+    ) x
+    WHERE a.allowance > 0
+), slots AS (
+    SELECT c.tenant_id FROM contenders c CROSS JOIN LATERAL generate_series(1, c.n) AS k
+    ORDER BY (c.running + k)::float8 / c.weight, c.head, c.tenant_id
+    LIMIT %(limit)s
+), quota AS (
+    SELECT tenant_id, count(*)::int AS q FROM slots GROUP BY tenant_id
+), chosen AS (
+    SELECT p.id FROM quota CROSS JOIN LATERAL (
+        SELECT j.id FROM {_TABLE} j
+        WHERE j.state = 'available' AND {{queue_filter}} AND j.tenant_id = quota.tenant_id
+        ORDER BY j.priority DESC, j.scheduled_at, j.id
+        LIMIT quota.q
+        FOR UPDATE SKIP LOCKED
+    ) p
+), claimed AS (
+    UPDATE {_TABLE} AS j
+    SET state = 'running', attempt = j.attempt + 1, attempted_at = now(),
+        lease_expires_at = now() + make_interval(secs => %(lease)s),
+        lease_token = %(token)s, worker_id = %(worker)s
+    WHERE j.id = ANY(ARRAY(SELECT id FROM chosen))
+    RETURNING j.*
+), spent AS (
+    UPDATE {_CONTROL} AS c SET tokens = ctl.level - s.n, refilled_at = now()
+    FROM (SELECT tenant_id, count(*)::int AS n FROM claimed GROUP BY tenant_id) s, ctl
+    WHERE c.tenant_id = s.tenant_id AND ctl.tenant_id = s.tenant_id AND c.rate IS NOT NULL
+)
+SELECT * FROM claimed
+"""
+# Claims for tenants with a concurrency or rate limit are serialised per
+# tenant: this statement locks their control rows first (skipping rows another
+# worker is claiming for right now), so the claim statement, whose snapshot is
+# taken after, counts every job other workers started for them. Counting
+# inside one statement alone could not see a concurrent claim's jobs.
+_LOCK_LIMITED = f"""
+SELECT c.tenant_id FROM {_CONTROL} c
+WHERE (c.max_running IS NOT NULL OR c.rate IS NOT NULL) AND NOT c.paused{{tenant_filter}}
+  AND EXISTS (
+      SELECT 1 FROM {_TABLE} j
+      WHERE j.tenant_id = c.tenant_id AND j.state = 'available' AND {{queue_filter}}
+  )
+ORDER BY c.tenant_id
+FOR UPDATE OF c SKIP LOCKED
 """
 _COMPLETE = f"""
 UPDATE {_TABLE} AS j
@@ -126,7 +222,17 @@ class PostgresBackend(QueueBackend):
         limit: int,
         lease_seconds: float,
         tenants: Sequence[str] | None = None,
+        fair: bool = True,
     ) -> list[Job]:
+        if fair:
+            return self.claim_fair(
+                conn,
+                worker_id=worker_id,
+                queues=queues,
+                limit=limit,
+                lease_seconds=lease_seconds,
+                tenants=tenants,
+            )
         # One queue: a plain equality keeps the ordered partial-index scan.
         queue_filter = "queue = %(queue)s" if len(queues) == 1 else "queue = ANY(%(queues)s)"
         tenant_filter = " AND tenant_id = ANY(%(tenants)s)" if tenants is not None else ""
@@ -143,6 +249,40 @@ class PostgresBackend(QueueBackend):
         jobs = [Job.from_row(r) for r in conn.exec_driver_sql(sql, params)]
         jobs.sort(key=lambda j: (-j.priority, j.scheduled_at, j.id))
         return jobs
+
+    def claim_fair(
+        self,
+        conn: Connection,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        tenants: Sequence[str] | None,
+    ) -> list[Job]:
+        queue_filter = "j.queue = %(queue)s" if len(queues) == 1 else "j.queue = ANY(%(queues)s)"
+        params: dict[str, Any] = {
+            "queue": queues[0],
+            "queues": list(queues),
+            "tenants": list(tenants or ()),
+        }
+        lock_sql = _LOCK_LIMITED.format(
+            queue_filter=queue_filter,
+            tenant_filter=" AND c.tenant_id = ANY(%(tenants)s)" if tenants is not None else "",
+        )
+        locked = list(conn.exec_driver_sql(lock_sql, params).scalars())
+        sql = _CLAIM_FAIR.format(
+            queue_filter=queue_filter,
+            tenant_filter=" AND j.tenant_id = ANY(%(tenants)s)" if tenants is not None else "",
+        )
+        params.update(
+            locked=locked,
+            limit=limit,
+            lease=lease_seconds,
+            token=str(uuid.uuid4()),
+            worker=worker_id,
+        )
+        return interleave([Job.from_row(r) for r in conn.exec_driver_sql(sql, params)])
 
     def complete(self, conn: Connection, leases: Sequence[Lease]) -> set[int]:
         if not leases:
@@ -193,7 +333,7 @@ class PostgresBackend(QueueBackend):
         """
         pg.ddl_lock(conn)  # concurrent set-ups (two workers starting) would race
         conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {TENANTRY_SCHEMA}")
-        queue_metadata.create_all(conn, checkfirst=True)
+        create_queue_tables(conn)
         pg.ensure_policy(conn, jobs_table.name, TENANTRY_SCHEMA, force=False)
         # Only the jobs table: the catalog in the same schema stays admin-only.
         pg.grant_access(conn, TENANTRY_SCHEMA, rls_role, app_user, table=jobs_table.name)

@@ -10,17 +10,29 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, ColumnElement, Connection, DateTime, Insert, event, func, literal
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Connection,
+    DateTime,
+    Insert,
+    event,
+    func,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 
 from tenantry.queue.backends.base import QueueBackend
-from tenantry.queue.job import utcnow
-from tenantry.queue.schema import jobs_table, queue_metadata
+from tenantry.queue.fairness import Contender, rate_allowance, rate_tokens, shares
+from tenantry.queue.job import Job, as_utc, utcnow
+from tenantry.queue.schema import control_table, create_queue_tables, jobs_table
 from tenantry.queue.schema import jobs_table as J
 
 
@@ -65,6 +77,17 @@ def database_key(engine: Engine | Connection) -> str:
 
 
 _JSON_COLUMNS = frozenset(c.name for c in J.columns if isinstance(c.type, JSON))
+
+
+def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _parse_time(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
 
 
 def _sqlite_value(column: str, value: Any) -> Any:
@@ -120,6 +143,133 @@ class SqliteBackend(QueueBackend):
             ids.extend(sorted(int(i) for i in conn.exec_driver_sql(sql, params).scalars()))
         return ids
 
+    def claim_fair(
+        self,
+        conn: Connection,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        tenants: Sequence[str] | None,
+    ) -> list[Job]:
+        """The fair claim in steps: the claim holds SQLite's one write lock
+        (``BEGIN IMMEDIATE``), so nothing changes between the steps and the
+        counts are exact without the row locks PostgreSQL needs.
+        """
+        busy = self._busy_tenants(conn, queues, tenants)
+        if not busy:
+            return []
+        now = utcnow()
+        controls = {
+            row["tenant_id"]: row
+            for chunk in _chunks(busy)
+            for row in conn.execute(
+                select(control_table).where(control_table.c.tenant_id.in_(chunk))
+            ).mappings()
+        }
+        running: dict[str, int] = {}
+        for chunk in _chunks(busy):
+            marks = ", ".join("?" for _ in chunk)
+            for tenant_id, n in conn.exec_driver_sql(
+                f"SELECT tenant_id, count(*) FROM {J.name} WHERE state = 'running' "
+                f"AND tenant_id IN ({marks}) GROUP BY tenant_id",
+                tuple(chunk),
+            ):
+                running[tenant_id] = int(n)
+        allowances: dict[str, int] = {}
+        levels: dict[str, float] = {}
+        for tenant_id in busy:
+            ctl = controls.get(tenant_id)
+            allowance = limit
+            if ctl is not None:
+                if ctl["paused"]:
+                    continue
+                if ctl["max_running"] is not None:
+                    allowance = min(allowance, ctl["max_running"] - running.get(tenant_id, 0))
+                if ctl["rate"] is not None:
+                    level = rate_tokens(
+                        ctl["tokens"],
+                        as_utc(ctl["refilled_at"]),
+                        now,
+                        ctl["rate"],
+                        ctl["burst"] or 1.0,
+                    )
+                    levels[tenant_id] = level
+                    allowance = min(allowance, rate_allowance(level))
+            if allowance > 0:
+                allowances[tenant_id] = allowance
+        candidates = self._candidates(conn, queues, allowances)
+        contenders = [
+            Contender(
+                tenant_id=tenant_id,
+                weight=int(controls[tenant_id]["weight"]) if tenant_id in controls else 1,
+                running=running.get(tenant_id, 0),
+                allowance=len(rows),
+                head=min(r[1] for r in rows),
+            )
+            for tenant_id, rows in candidates.items()
+            if rows
+        ]
+        quota = shares(contenders, limit)
+        ids = [r[0] for t, q in quota.items() for r in candidates[t][:q]]
+        if not ids:
+            return []
+        jobs = self.mark_claimed(
+            conn, J.c.id.in_(ids), worker_id=worker_id, lease_seconds=lease_seconds
+        )
+        for tenant_id, level in levels.items():
+            started = quota.get(tenant_id, 0)
+            if started:
+                conn.execute(
+                    update(control_table)
+                    .where(control_table.c.tenant_id == tenant_id)
+                    .values(tokens=level - started, refilled_at=now)
+                )
+        return jobs
+
+    @staticmethod
+    def _busy_tenants(
+        conn: Connection, queues: Sequence[str], tenants: Sequence[str] | None
+    ) -> list[str]:
+        """Tenants with runnable jobs: a loose index scan, one probe per tenant."""
+        q = ", ".join("?" for _ in queues)
+        wanted = f" AND tenant_id IN ({', '.join('?' for _ in tenants)})" if tenants else ""
+        probe = (
+            f"SELECT tenant_id FROM {J.name} WHERE state = 'available' AND queue IN ({q})"
+            f"{wanted} AND tenant_id > {{after}} ORDER BY tenant_id LIMIT 1"
+        )
+        first, step = probe.format(after="''"), probe.format(after="busy.t")
+        sql = (
+            f"WITH RECURSIVE busy(t) AS (SELECT ({first}) "
+            f"UNION ALL SELECT ({step}) FROM busy "
+            "WHERE busy.t IS NOT NULL) SELECT t FROM busy WHERE t IS NOT NULL"
+        )
+        if tenants is not None and not tenants:
+            return []
+        params = (*queues, *(tenants or ()), *queues, *(tenants or ()))
+        return [str(t) for t in conn.exec_driver_sql(sql, params).scalars()]
+
+    @staticmethod
+    def _candidates(
+        conn: Connection, queues: Sequence[str], allowances: dict[str, int]
+    ) -> dict[str, list[tuple[int, datetime]]]:
+        """Each tenant's next jobs (up to its allowance) in priority order."""
+        found: dict[str, list[tuple[int, datetime]]] = {t: [] for t in allowances}
+        q = ", ".join("?" for _ in queues)
+        one = (
+            f"SELECT * FROM (SELECT id, tenant_id, scheduled_at FROM {J.name} "
+            f"WHERE state = 'available' AND queue IN ({q}) AND tenant_id = ? "
+            "ORDER BY priority DESC, scheduled_at, id LIMIT ?)"
+        )
+        # SQLite allows at most 500 terms in one compound SELECT.
+        for chunk in _chunks(list(allowances), 400):
+            sql = " UNION ALL ".join(one for _ in chunk)
+            params = tuple(p for t in chunk for p in (*queues, t, allowances[t]))
+            for job_id, tenant_id, scheduled_at in conn.exec_driver_sql(sql, params):
+                found[tenant_id].append((int(job_id), _parse_time(scheduled_at)))
+        return found
+
     def notify(self, conn: Connection, queues: Iterable[str]) -> None:
         key = database_key(conn)
         if not conn.in_transaction():
@@ -130,4 +280,4 @@ class SqliteBackend(QueueBackend):
         event.listen(conn, "commit", lambda _c: wakeups.fire(key), once=True)
 
     def ensure_schema(self, conn: Connection, rls_role: str, app_user: str | None) -> None:
-        queue_metadata.create_all(conn, checkfirst=True)
+        create_queue_tables(conn)
