@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
-from tenantry.catalog import IsolationMode
+from tenantry.catalog import IsolationMode, Tenant
 from tenantry.context import current_tenant
 from tenantry.errors import (
     ConfigError,
@@ -30,6 +30,7 @@ from tenantry.errors import (
 )
 from tenantry.ids import validate_tenant_id
 from tenantry.logs import get_logger
+from tenantry.queue import control
 from tenantry.queue.backends import Inserted, backend_for, ensure_queue_schema, ensure_store_queue
 from tenantry.queue.job import FINISHED_STATES, PENDING_STATES, Job, JobState, utcnow
 from tenantry.queue.registry import JobRegistry
@@ -277,7 +278,14 @@ class Queue:
         self, *, stores: Sequence[str] | None = None, tenants: Sequence[str] | None = None
     ) -> list[JobSource]:
         """Every jobs table, optionally only those of some stores or tenants."""
-        found: dict[str, JobSource] = {}
+        grouped = self.tenants_by_source(stores=stores, tenants=tenants)
+        return [grouped[k][0] for k in sorted(grouped)]
+
+    def tenants_by_source(
+        self, *, stores: Sequence[str] | None = None, tenants: Sequence[str] | None = None
+    ) -> dict[str, tuple[JobSource, list[Tenant]]]:
+        """Each jobs table with the catalog's tenants whose jobs it holds."""
+        found: dict[str, tuple[JobSource, list[Tenant]]] = {}
         catalog = self.tenantry.list_tenants()
         wanted = set(tenants) if tenants is not None else None
         for tenant in catalog:
@@ -297,12 +305,33 @@ class Queue:
                     )
                 continue
             source = source_of(tenant, self.tenantry.store(tenant.store))
-            found.setdefault(source.key, source)
+            found.setdefault(source.key, (source, []))[1].append(tenant)
         if wanted is None:
             for store in self.tenantry.stores.values():
                 if stores is None or store.name in stores:
-                    found.setdefault(store.name, JobSource(store))
-        return [found[k] for k in sorted(found)]
+                    found.setdefault(store.name, (JobSource(store), []))
+        return found
+
+    def sync_controls(
+        self,
+        *,
+        stores: Sequence[str] | None = None,
+        tenants: Sequence[str] | None = None,
+        prune: bool = True,
+    ) -> int:
+        """Make every queue control row match the catalog (``queue/control.py``).
+
+        Tenant operations do this as they happen; this repairs rows a failed
+        write left stale. Returns the rows written. ``prune`` drops rows of
+        tenants the catalog no longer has (only when no tenant filter is given).
+        """
+        written = 0
+        for source, members in self.tenants_by_source(stores=stores, tenants=tenants).values():
+            with source.engine().begin() as conn:
+                written += control.sync(conn, members)
+                if prune and tenants is None:
+                    written += control.prune_missing(conn, {t.id for t in members})
+        return written
 
     def source_for(self, tenant_id: str) -> JobSource:
         tenant = self.tenantry.catalog.get(validate_tenant_id(tenant_id), cached=False)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -33,7 +34,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
@@ -41,7 +42,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tenantry.catalog import TenantStatus
+from tenantry.catalog import Tenant, TenantStatus
 from tenantry.context import tenant_context
 from tenantry.errors import (
     LeaseLostError,
@@ -51,6 +52,7 @@ from tenantry.errors import (
     UnknownJobKind,
 )
 from tenantry.logs import get_logger
+from tenantry.queue import control
 from tenantry.queue.backends.postgres import CHANNEL
 from tenantry.queue.backends.sqlite import wakeups
 from tenantry.queue.client import Queue
@@ -90,6 +92,14 @@ class WorkerStats:
     released: int = 0
     rescued: int = 0
     postponed: int = 0  # claimed, then put back: the catalog said its tenant is not active
+
+
+@dataclass
+class TenantCounters:
+    started: int = 0
+    completed: int = 0
+    failed: int = 0  # attempts that failed and will be retried
+    dead: int = 0
 
 
 @dataclass
@@ -151,6 +161,9 @@ class Worker:
         ack_delay: float = 0.005,
         listen: bool = True,
         suspended_retry: float = 30.0,
+        fair: bool = True,
+        idle_poll_max: float = 2.0,
+        full_sync_interval: float = 300.0,
         worker_id: str | None = None,
     ) -> None:
         if concurrency < 1:
@@ -173,8 +186,13 @@ class Worker:
         self.ack_delay = ack_delay
         self.listen = listen
         self.suspended_retry = suspended_retry
+        self.fair = fair
+        self.idle_poll_max = idle_poll_max
+        self.full_sync_interval = full_sync_interval
         self.worker_id = worker_id or _default_worker_id()
         self.stats = WorkerStats()
+        #: Per-tenant counters of this worker (the database-wide view is Queue.stats()).
+        self.tenant_stats: dict[str, TenantCounters] = {}
 
         self._sources: list[JobSource] = []
         self._rotation = 0
@@ -190,6 +208,10 @@ class Worker:
             max_workers=concurrency, thread_name_prefix="tenantry-job"
         )
         self._claim_engines: dict[str, AsyncEngine] = {}
+        # Adaptive polling of databases without LISTEN: key -> (next poll, interval).
+        self._idle: dict[str, tuple[float, float]] = {}
+        self._synced: dict[str, tuple[str, datetime]] = {}  # tenant -> (source, updated_at)
+        self._last_full_sync = 0.0
         self._unsubscribe: list[Callable[[], None]] = []
         self._listeners: dict[str, asyncio.Task[None]] = {}
         self._signals = 0
@@ -304,49 +326,81 @@ class Worker:
         while self._buffer and self._running < self.concurrency and not self._stopping:
             held = self._buffer.popleft()
             self._running += 1
+            self._counters(held.job.tenant_id).started += 1
             held.task = asyncio.create_task(self._run_job(held))
 
     async def _claim_round(self, want: int) -> int:
+        """Claim up to *want* jobs, shared fairly between the sources that may have some.
+
+        Each due source first gets an equal share; what a source could not use
+        goes to those that filled theirs. A database that had nothing is polled
+        again after a growing interval (up to ``idle_poll_max``) unless a
+        wake-up names it, so a thousand idle tenant databases cost little.
+        """
         sources = self._sources
         if not sources:
             return 0
-        total = 0
+        now = time.monotonic()
         n = len(sources)
         start = self._rotation % n
         self._rotation += 1
-        for i in range(n):
+        due = [
+            s
+            for s in (sources[(start + i) % n] for i in range(n))
+            if self._backoff.ready(s.key) and self._idle.get(s.key, (0.0, 0.0))[0] <= now
+        ]
+        if not due:
+            return 0
+        total = 0
+        share = max(1, -(-want // len(due)))
+        full: list[JobSource] = []
+        for source in due:
             if total >= want or self._stopping:
                 break
-            source = sources[(start + i) % n]
-            if not self._backoff.ready(source.key):
-                continue
-            try:
-                jobs = await self._claim(source, want - total)
-            except DB_ERRORS as exc:
-                delay = self._backoff.failed(source.key)
-                log.warning(
-                    "claim from %s failed (%s: %s); retrying in %.1fs",
-                    source.key,
-                    type(exc).__name__,
-                    _short(exc),
-                    delay,
-                )
-                continue
-            self._backoff.ok(source.key)
-            for job in jobs:
-                held = _Held(source, job)
-                self._held[(source.key, job.id)] = held
-                self._buffer.append(held)
-            total += len(jobs)
+            asked = min(share, want - total)
+            got = await self._claim_into(source, asked)
+            total += got
+            if got >= asked:
+                full.append(source)
+        for source in full:
+            if total >= want or self._stopping:
+                break
+            total += await self._claim_into(source, want - total)
         self.stats.claimed += total
         return total
 
+    async def _claim_into(self, source: JobSource, limit: int) -> int:
+        try:
+            jobs = await self._claim(source, limit)
+        except DB_ERRORS as exc:
+            delay = self._backoff.failed(source.key)
+            log.warning(
+                "claim from %s failed (%s); retrying in %.1fs", source.key, _short(exc), delay
+            )
+            return 0
+        self._backoff.ok(source.key)
+        if source.tenant_id is not None:
+            if jobs:
+                self._idle.pop(source.key, None)
+            else:
+                interval = self._idle.get(source.key, (0.0, self.poll_interval / 2))[1]
+                interval = min(self.idle_poll_max, max(self.poll_interval, interval * 2))
+                self._idle[source.key] = (time.monotonic() + interval, interval)
+        for job in jobs:
+            held = _Held(source, job)
+            self._held[(source.key, job.id)] = held
+            self._buffer.append(held)
+        return len(jobs)
+
     async def _claim(self, source: JobSource, limit: int) -> list[Job]:
         """Acknowledge this source's finished jobs and claim new ones in one transaction."""
+        # A store's engine is long-lived; a tenant database's comes from the
+        # store's bounded LRU each time, so the connection count stays bounded.
         engine = self._claim_engines.get(source.key)
         if engine is None:
             engine = source.async_engine()
-            self._claim_engines[source.key] = engine
+            if source.tenant_id is None:
+                self._claim_engines[source.key] = engine
         backend = source.backend
         acks = self._to_complete.pop(source.key, [])
         leases = [(h.job.id, h.job.lease_token or "") for h in acks]
@@ -361,6 +415,7 @@ class Worker:
                 limit=limit,
                 lease_seconds=self.lease_seconds,
                 tenants=tenants,
+                fair=self.fair,
             )
             return done, jobs
 
@@ -378,6 +433,12 @@ class Worker:
         if source.tenant_id is not None or self.tenant_filter is None:
             return None
         return self.tenant_filter
+
+    def _counters(self, tenant_id: str) -> TenantCounters:
+        counters = self.tenant_stats.get(tenant_id)
+        if counters is None:
+            counters = self.tenant_stats[tenant_id] = TenantCounters()
+        return counters
 
     # -- running one job ----------------------------------------------------------
     async def _run_job(self, held: _Held) -> None:
@@ -458,6 +519,7 @@ class Worker:
         if handler.transactional:
             self._forget(held)
             self.stats.completed += 1
+            self._counters(job.tenant_id).completed += 1
         else:
             held.done = True
             self._to_complete.setdefault(source.key, []).append(held)
@@ -574,11 +636,13 @@ class Worker:
             log.warning("job %s: lease lost before its failure could be recorded", job.id)
         elif dead:
             self.stats.dead += 1
+            self._counters(job.tenant_id).dead += 1
             log.error(
                 "job %s (%s) is dead after attempt %d: %s", job.id, job.kind, job.attempt, exc
             )
         else:
             self.stats.retried += 1
+            self._counters(job.tenant_id).failed += 1
             log.warning(
                 "job %s (%s) failed attempt %d/%d, retry at %s: %s",
                 job.id,
@@ -646,6 +710,7 @@ class Worker:
             self._forget(held)
             if held.job.id in done:
                 self.stats.completed += 1
+                self._counters(held.job.tenant_id).completed += 1
             else:
                 self.stats.lost += 1
                 log.warning("job %s finished but its lease had been taken over", held.job.id)
@@ -717,10 +782,12 @@ class Worker:
 
     # -- sources and wake-ups ---------------------------------------------------------
     async def _refresh_sources(self) -> None:
-        sources = await asyncio.to_thread(
-            self.queue.sources, stores=self.store_filter, tenants=self.tenant_filter
+        """Pick up tenants and databases added or removed, and repair control rows."""
+        grouped = await asyncio.to_thread(
+            self.queue.tenants_by_source, stores=self.store_filter, tenants=self.tenant_filter
         )
         known = {s.key for s in self._sources}
+        sources = [grouped[k][0] for k in sorted(grouped)]
         for source in sources:
             if source.key in known:
                 continue
@@ -730,11 +797,59 @@ class Worker:
                     self._listeners[source.key] = asyncio.create_task(self._listen(source))
             else:
                 db = source.engine().url.database or ""
-                self._unsubscribe.append(wakeups.subscribe(db, self._wake_threadsafe))
+                self._unsubscribe.append(
+                    wakeups.subscribe(db, functools.partial(self._wake_threadsafe, source.key))
+                )
+        current = {s.key for s in sources}
+        for key in known - current:
+            log.info("no longer serving jobs from %s (tenant gone or moved)", key)
+            self._idle.pop(key, None)
+            listener = self._listeners.pop(key, None)
+            if listener is not None:
+                listener.cancel()
         self._sources = sources
+        await asyncio.to_thread(self._sync_controls, grouped)
 
-    def _wake_threadsafe(self) -> None:
-        self._loop.call_soon_threadsafe(self._wake.set)
+    def _sync_controls(self, grouped: dict[str, tuple[JobSource, list[Tenant]]]) -> None:
+        """Write control rows for tenants changed since this worker last synced them.
+
+        A full pass (every tenant, and pruning rows of deleted tenants) runs every
+        ``full_sync_interval``; in between only catalog entries with a new
+        ``updated_at`` are written, so a thousand tenant databases are not
+        visited every refresh.
+        """
+        now = time.monotonic()
+        full = now - self._last_full_sync >= self.full_sync_interval
+        failed = False
+        for key, (source, members) in grouped.items():
+            todo = (
+                members
+                if full
+                else [t for t in members if self._synced.get(t.id) != (key, t.updated_at)]
+            )
+            if not todo:
+                continue
+            try:
+                with source.engine().begin() as conn:
+                    control.sync(conn, todo)
+                    if full and self.tenant_filter is None:
+                        control.prune_missing(conn, {t.id for t in members})
+            except DB_ERRORS as exc:
+                failed = True
+                log.debug("control rows on %s not synced: %s", key, _short(exc))
+                continue
+            for tenant in todo:
+                self._synced[tenant.id] = (key, tenant.updated_at)
+        if full and not failed:
+            self._last_full_sync = now
+
+    def _wake_threadsafe(self, key: str | None = None) -> None:
+        self._loop.call_soon_threadsafe(self._wake_source, key)
+
+    def _wake_source(self, key: str | None) -> None:
+        if key is not None:
+            self._idle.pop(key, None)  # named by the wake-up: poll it now
+        self._wake.set()
 
     async def _listen(self, source: JobSource) -> None:
         url = source.engine().url.set(drivername="postgresql")
