@@ -43,6 +43,8 @@ from tenantry.queue import (
     JobRegistry,
     JobState,
     Queue,
+    QueueSettings,
+    QueueStats,
     RetryPolicy,
     Worker,
 )
@@ -67,6 +69,8 @@ __all__ = [
     "PayloadValidationError",
     "Queue",
     "QueueError",
+    "QueueSettings",
+    "QueueStats",
     "QueueUnavailableError",
     "RetryPolicy",
     "StoreConfig",

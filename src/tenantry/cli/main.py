@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any, ClassVar, NoReturn
 
@@ -556,6 +557,63 @@ def demo(state: CliState, data_dir: str | None, reset: bool) -> None:
         raise CliError(f"isolation check failed: {', '.join(leaked)} saw foreign rows")
 
 
+# -- queue ----------------------------------------------------------------------------
+@cli.group("queue")
+def queue_group() -> None:
+    """Inspect the job queue."""
+
+
+@queue_group.command("stats")
+@click.option("--tenant", "tenant_id", metavar="ID", help="Only this tenant.")
+@click.option(
+    "--window",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(1),
+    help="Seconds over which outcomes and throughput are counted.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_obj
+def queue_stats(state: CliState, tenant_id: str | None, window: float, as_json: bool) -> None:
+    """Queue depth, oldest runnable job and recent outcomes per tenant."""
+    if tenant_id is not None:
+        validate_tenant_id(tenant_id)
+    stats = Queue(state.tenantry(), JobRegistry()).stats(
+        tenant_id=tenant_id, window=timedelta(seconds=window)
+    )
+    if as_json:
+        _echo_json(stats.to_dict())
+        return
+    table = Table(
+        "tenant",
+        "available",
+        "running",
+        "scheduled",
+        "retryable",
+        "oldest runnable",
+        f"done/{window:g}s",
+        "dead",
+        "failing",
+        "jobs/s",
+    )
+    rows = [stats.tenants[k] for k in sorted(stats.tenants)]
+    for row in [*rows, stats.total()]:
+        age = row.oldest_runnable_age
+        table.add_row(
+            Text(row.tenant_id, style="bold"),
+            str(row.depth.get("available", 0)),
+            str(row.running),
+            str(row.depth.get("scheduled", 0)),
+            str(row.depth.get("retryable", 0)),
+            "-" if age is None else f"{age:.1f}s",
+            str(row.completed),
+            Text(str(row.dead), style="red" if row.dead else ""),
+            str(row.failed_attempts),
+            f"{row.throughput:.2f}",
+        )
+    make_console().print(table)
+
+
 # -- worker -------------------------------------------------------------------------
 @cli.command()
 @click.option(
@@ -603,6 +661,12 @@ def demo(state: CliState, data_dir: str | None, reset: bool) -> None:
     type=click.FloatRange(0.01),
     help="Polling interval when no wake-up arrives.",
 )
+@click.option(
+    "--fair/--no-fair",
+    default=True,
+    show_default=True,
+    help="Share capacity between tenants by weight (off: strict priority, then FIFO).",
+)
 @click.pass_obj
 def worker(
     state: CliState,
@@ -614,6 +678,7 @@ def worker(
     lease: float,
     grace: float,
     poll: float,
+    fair: bool,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (a second signal stops hard)."""
     _import_from_cwd()
@@ -636,6 +701,7 @@ def worker(
         lease_seconds=lease,
         shutdown_grace=grace,
         poll_interval=poll,
+        fair=fair,
     )
     Queue(tenantry, registry).setup()
     asyncio.run(runner.run(install_signals=True))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from tenantry.queue.client import EnqueuedJob, Queue
 from tenantry.queue.context import JobContext
+from tenantry.queue.control import QueueSettings
 from tenantry.queue.job import Job, JobState
 from tenantry.queue.registry import Handler, JobRegistry
 from tenantry.queue.retry import RetryPolicy
-from tenantry.queue.worker import JobTimeoutError, Worker, WorkerStats
+from tenantry.queue.stats import QueueStats, TenantQueueStats
+from tenantry.queue.worker import JobTimeoutError, TenantCounters, Worker, WorkerStats
 
 __all__ = [
     "EnqueuedJob",
@@ -18,7 +20,11 @@ __all__ = [
     "JobState",
     "JobTimeoutError",
     "Queue",
+    "QueueSettings",
+    "QueueStats",
     "RetryPolicy",
+    "TenantCounters",
+    "TenantQueueStats",
     "Worker",
     "WorkerStats",
 ]

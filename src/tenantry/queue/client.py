@@ -36,6 +36,8 @@ from tenantry.queue.job import FINISHED_STATES, PENDING_STATES, Job, JobState, u
 from tenantry.queue.registry import JobRegistry
 from tenantry.queue.schema import jobs_table as J
 from tenantry.queue.sources import JobSource, source_of
+from tenantry.queue.stats import QueueStats, TenantQueueStats
+from tenantry.queue.stats import collect as collect_stats
 from tenantry.session import TenantSession
 
 if TYPE_CHECKING:
@@ -387,6 +389,41 @@ class Queue:
                 for state, n in conn.execute(query):
                     counts[state] += int(n)
         return counts
+
+    def stats(
+        self, *, tenant_id: str | None = None, window: timedelta = timedelta(minutes=5)
+    ) -> QueueStats:
+        """Depth by tenant/state/kind, oldest runnable age and recent outcomes.
+
+        Read from every jobs table (or the one tenant's), so it covers all
+        workers; tenants of the catalog without jobs are listed with zeros.
+        """
+        if window.total_seconds() <= 0:
+            raise ConfigError("window must be positive")
+        into: dict[str, TenantQueueStats] = {}
+        now = utcnow()
+        if tenant_id is not None:
+            validate_tenant_id(tenant_id)
+            groups = [(self.source_for(tenant_id), [tenant_id])]
+        else:
+            groups = [
+                (source, [t.id for t in members])
+                for source, members in self.tenants_by_source().values()
+            ]
+        for source, members in groups:
+            for member in members:
+                into.setdefault(
+                    member, TenantQueueStats(member, window_seconds=window.total_seconds())
+                )
+            with source.engine(write=False).connect() as conn:
+                collect_stats(
+                    conn,
+                    into,
+                    window=window,
+                    tenant_ids=[tenant_id] if tenant_id else None,
+                    now=now,
+                )
+        return QueueStats(at=now, window_seconds=window.total_seconds(), tenants=into)
 
     def _transition(
         self,
