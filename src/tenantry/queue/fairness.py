@@ -1,12 +1,15 @@
 """Fair shares: how one claim batch is split between tenants with runnable jobs.
 
-The rule is weighted fair queuing over *running* jobs. Each tenant's next job
-gets the virtual time ``(running + k) / weight`` (``k`` = 1 for its first job
-in this batch, 2 for the second ...); the batch takes the smallest virtual
-times. A tenant that already runs many jobs, across every worker, waits behind
-one that runs few, so over a run each busy tenant's share of the capacity
-follows its weight, and a tenant with a single job never waits behind another
-tenant's backlog. Ties go to the tenant whose oldest runnable job is older.
+The rule is weighted fair queuing over the jobs a worker holds. Each tenant's
+next job gets the virtual time ``(held + k) / weight`` (``held``: its jobs this
+worker has claimed and not finished; ``k`` = 1 for its first job in this batch,
+2 for the second ...); the batch takes the smallest virtual times. A tenant
+that already has many jobs in the worker waits behind one that has few, so
+over a run each busy tenant's share of the worker follows its weight, and a
+tenant with a single job never waits behind another tenant's backlog. Ties go
+to the tenant whose oldest runnable job is older. Every worker applies the
+rule to its own slots, so the fleet's capacity is shared the same way; global
+caps (``max_running``) are counted in the database.
 
 PostgreSQL computes the same ordering inside its claim statement; SQLite (one
 writer at a time) computes it here. Both use :func:`virtual_key` semantics, and
@@ -42,7 +45,7 @@ class Contender:
 
     tenant_id: str
     weight: int
-    running: int
+    running: int  # jobs of this tenant the claiming worker holds now
     #: How many jobs the tenant may start now: limited by its runnable jobs,
     #: its concurrency limit and its rate-limit tokens, and by the batch size.
     allowance: int

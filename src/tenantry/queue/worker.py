@@ -210,7 +210,9 @@ class Worker:
         self._claim_engines: dict[str, AsyncEngine] = {}
         # Adaptive polling of databases without LISTEN: key -> (next poll, interval).
         self._idle: dict[str, tuple[float, float]] = {}
-        self._synced: dict[str, tuple[str, datetime]] = {}  # tenant -> (source, updated_at)
+        self._synced: dict[str, tuple[str, datetime]] = {}
+        # Sources with a tenant that has a concurrency or rate limit (from the catalog).
+        self._limited: dict[str, bool] = {}  # tenant -> (source, updated_at)
         self._last_full_sync = 0.0
         self._unsubscribe: list[Callable[[], None]] = []
         self._listeners: dict[str, asyncio.Task[None]] = {}
@@ -405,6 +407,11 @@ class Worker:
         acks = self._to_complete.pop(source.key, [])
         leases = [(h.job.id, h.job.lease_token or "") for h in acks]
         tenants = self._tenants_for(source)
+        held: dict[str, int] = {}
+        for item in self._held.values():
+            if item.source.key == source.key:
+                held[item.job.tenant_id] = held.get(item.job.tenant_id, 0) + 1
+        check_limits = self._limited.get(source.key, True)
 
         def work(c: Connection) -> tuple[set[int], list[Job]]:
             done = backend.complete(c, leases) if leases else set()
@@ -416,6 +423,8 @@ class Worker:
                 lease_seconds=self.lease_seconds,
                 tenants=tenants,
                 fair=self.fair,
+                held=held,
+                check_limits=check_limits,
             )
             return done, jobs
 
@@ -749,20 +758,29 @@ class Worker:
         log.warning("job %s lost its lease (cancelled or taken over)", held.job.id)
 
     async def _maintenance(self) -> None:
-        last_rescue = last_refresh = time.monotonic()
+        """Stage due jobs, rescue expired leases, refresh sources.
+
+        Store databases are visited every tick. A tenant database where a
+        visit found nothing to do is visited again after a growing interval
+        (up to ``idle_poll_max``), so a worker serving hundreds of tenant
+        databases does not open a transaction in each of them twice a second.
+        """
+        last_refresh = time.monotonic()
+        last_rescue: dict[str, float] = {}
+        idle: dict[str, tuple[float, float]] = {}
+        tick = min(self.poll_interval, 0.5)
         while True:
-            await asyncio.sleep(min(self.poll_interval, 0.5))
+            await asyncio.sleep(tick)
             now = time.monotonic()
             if now - last_refresh >= self.refresh_interval:
                 last_refresh = now
                 with contextlib.suppress(*DB_ERRORS):
                     await self._refresh_sources()
-            rescue = now - last_rescue >= self.rescue_interval
-            if rescue:
-                last_rescue = now
             for source in list(self._sources):
-                if not self._backoff.ready(source.key):
+                key = source.key
+                if not self._backoff.ready(key) or idle.get(key, (0.0, 0.0))[0] > now:
                     continue
+                rescue = now - last_rescue.setdefault(key, now) >= self.rescue_interval
                 try:
                     async with source.async_engine().begin() as conn:
                         staged = await conn.run_sync(source.backend.stage_due)
@@ -770,13 +788,19 @@ class Worker:
                             await conn.run_sync(source.backend.rescue_expired) if rescue else []
                         )
                 except DB_ERRORS as exc:
-                    log.debug("maintenance on %s failed: %s", source.key, _short(exc))
+                    log.debug("maintenance on %s failed: %s", key, _short(exc))
                     continue
+                if rescue:
+                    last_rescue[key] = now
+                if source.tenant_id is not None:
+                    if staged or rescued:
+                        idle.pop(key, None)
+                    else:
+                        interval = min(self.idle_poll_max, idle.get(key, (0.0, tick / 2))[1] * 2)
+                        idle[key] = (now + interval, interval)
                 if rescued:
                     self.stats.rescued += len(rescued)
-                    log.warning(
-                        "rescued %d job(s) with expired leases on %s", len(rescued), source.key
-                    )
+                    log.warning("rescued %d job(s) with expired leases on %s", len(rescued), key)
                 if staged or rescued:
                     self._wake.set()
 
@@ -808,6 +832,7 @@ class Worker:
             if listener is not None:
                 listener.cancel()
         self._sources = sources
+        self._limited = {key: any(map(_has_limits, m)) for key, (_, m) in grouped.items()}
         await asyncio.to_thread(self._sync_controls, grouped)
 
     def _sync_controls(self, grouped: dict[str, tuple[JobSource, list[Tenant]]]) -> None:
@@ -932,6 +957,14 @@ class Worker:
             self.stats.released += len(released)
             if released:
                 log.info("released %d job(s) on %s for other workers", len(released), source.key)
+
+
+def _has_limits(tenant: Tenant) -> bool:
+    try:
+        settings = control.QueueSettings.from_settings(tenant.settings)
+    except TenantryError:
+        return True  # unreadable settings: take the locks, the claim SQL decides
+    return settings.max_running is not None or settings.rate is not None
 
 
 def _complete_in(conn: Connection, source: JobSource, job: Job) -> None:

@@ -11,7 +11,7 @@ wake-ups. Methods take a *sync* ``Connection``; async callers run them through
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
@@ -141,6 +141,8 @@ class QueueBackend:
         lease_seconds: float,
         tenants: Sequence[str] | None = None,
         fair: bool = True,
+        held: Mapping[str, int] | None = None,
+        check_limits: bool = True,
     ) -> list[Job]:
         """Move up to *limit* available jobs to ``running`` under a fresh lease token.
 
@@ -148,6 +150,11 @@ class QueueBackend:
         and honours paused tenants and per-tenant limits; ``fair=False`` is
         strict priority-then-FIFO across all tenants, kept as the baseline the
         fairness benchmark compares with.
+
+        ``held``: jobs per tenant this worker holds now (the fair order's
+        "running"). ``check_limits=False`` skips taking the claim locks of
+        limited tenants when the caller knows there are none; such tenants,
+        should one exist after all, are then left out, never over-served.
         """
         if fair:
             return self.claim_fair(
@@ -157,6 +164,8 @@ class QueueBackend:
                 limit=limit,
                 lease_seconds=lease_seconds,
                 tenants=tenants,
+                held=held,
+                check_limits=check_limits,
             )
         candidates = (
             select(J.c.id)
@@ -181,6 +190,8 @@ class QueueBackend:
         limit: int,
         lease_seconds: float,
         tenants: Sequence[str] | None,
+        held: Mapping[str, int] | None = None,
+        check_limits: bool = True,
     ) -> list[Job]:
         raise NotImplementedError
 

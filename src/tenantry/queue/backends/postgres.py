@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
@@ -57,7 +57,9 @@ RETURNING j.*
 #                per tenant, however long any tenant's backlog is;
 # ``ctl``        their control rows: paused tenants drop out, limited tenants
 #                only if this transaction holds their row lock (_LOCK_LIMITED);
-# ``allowed``    what each may start: batch size, concurrency and rate limits;
+#                ``held``: how many of its jobs this worker holds now;
+# ``allowed``    what each may start: batch size, concurrency limit (running
+#                jobs counted only for tenants that have one), rate tokens;
 # ``contenders`` capped by its runnable jobs (counted up to the allowance);
 # ``slots``      the batch in virtual-time order; ``quota`` per tenant;
 # ``chosen``     each tenant's next jobs by priority, ``SKIP LOCKED``;
@@ -75,25 +77,30 @@ WITH RECURSIVE busy(tenant_id) AS (
     FROM busy b WHERE b.tenant_id IS NOT NULL
 ), ctl AS (
     SELECT b.tenant_id, coalesce(c.weight, 1) AS weight, c.max_running,
+           coalesce(h.n, 0) AS held,
            CASE WHEN c.rate IS NOT NULL THEN least(
                c.burst,
                coalesce(c.tokens, c.burst)
                + extract(epoch FROM now() - coalesce(c.refilled_at, now()))::float8 * c.rate
            ) END AS level
-    FROM busy b LEFT JOIN {_CONTROL} c ON c.tenant_id = b.tenant_id
+    FROM busy b
+    LEFT JOIN {_CONTROL} c ON c.tenant_id = b.tenant_id
+    LEFT JOIN unnest(%(held_tenants)s::text[], %(held_counts)s::int[]) AS h(tenant_id, n)
+           ON h.tenant_id = b.tenant_id
     WHERE b.tenant_id IS NOT NULL AND NOT coalesce(c.paused, false)
       AND ((c.max_running IS NULL AND c.rate IS NULL) OR b.tenant_id = ANY(%(locked)s::text[]))
 ), allowed AS (
-    SELECT ctl.tenant_id, ctl.weight, r.running,
+    SELECT ctl.tenant_id, ctl.weight, ctl.held,
            least(%(limit)s,
-                 coalesce(ctl.max_running - r.running, %(limit)s),
+                 CASE WHEN ctl.max_running IS NULL THEN %(limit)s
+                      ELSE ctl.max_running - (
+                          SELECT count(*)::int FROM {_TABLE} r
+                          WHERE r.tenant_id = ctl.tenant_id AND r.state = 'running')
+                 END,
                  coalesce(floor(ctl.level + 1e-9)::int, %(limit)s)) AS allowance
-    FROM ctl CROSS JOIN LATERAL (
-        SELECT count(*)::int AS running FROM {_TABLE} r
-        WHERE r.tenant_id = ctl.tenant_id AND r.state = 'running'
-    ) r
+    FROM ctl
 ), contenders AS (
-    SELECT a.tenant_id, a.weight, a.running, x.n, x.head
+    SELECT a.tenant_id, a.weight, a.held, x.n, x.head
     FROM allowed a CROSS JOIN LATERAL (
         SELECT count(*)::int AS n, min(s.scheduled_at) AS head FROM (
             SELECT j.scheduled_at FROM {_TABLE} j
@@ -105,7 +112,7 @@ WITH RECURSIVE busy(tenant_id) AS (
     WHERE a.allowance > 0
 ), slots AS (
     SELECT c.tenant_id FROM contenders c CROSS JOIN LATERAL generate_series(1, c.n) AS k
-    ORDER BY (c.running + k)::float8 / c.weight, c.head, c.tenant_id
+    ORDER BY (c.held + k)::float8 / c.weight, c.head, c.tenant_id
     LIMIT %(limit)s
 ), quota AS (
     SELECT tenant_id, count(*)::int AS q FROM slots GROUP BY tenant_id
@@ -223,6 +230,8 @@ class PostgresBackend(QueueBackend):
         lease_seconds: float,
         tenants: Sequence[str] | None = None,
         fair: bool = True,
+        held: Mapping[str, int] | None = None,
+        check_limits: bool = True,
     ) -> list[Job]:
         if fair:
             return self.claim_fair(
@@ -232,6 +241,8 @@ class PostgresBackend(QueueBackend):
                 limit=limit,
                 lease_seconds=lease_seconds,
                 tenants=tenants,
+                held=held,
+                check_limits=check_limits,
             )
         # One queue: a plain equality keeps the ordered partial-index scan.
         queue_filter = "queue = %(queue)s" if len(queues) == 1 else "queue = ANY(%(queues)s)"
@@ -259,18 +270,24 @@ class PostgresBackend(QueueBackend):
         limit: int,
         lease_seconds: float,
         tenants: Sequence[str] | None,
+        held: Mapping[str, int] | None = None,
+        check_limits: bool = True,
     ) -> list[Job]:
         queue_filter = "j.queue = %(queue)s" if len(queues) == 1 else "j.queue = ANY(%(queues)s)"
         params: dict[str, Any] = {
             "queue": queues[0],
             "queues": list(queues),
             "tenants": list(tenants or ()),
+            "held_tenants": list(held or ()),
+            "held_counts": list((held or {}).values()),
         }
-        lock_sql = _LOCK_LIMITED.format(
-            queue_filter=queue_filter,
-            tenant_filter=" AND c.tenant_id = ANY(%(tenants)s)" if tenants is not None else "",
-        )
-        locked = list(conn.exec_driver_sql(lock_sql, params).scalars())
+        locked: list[str] = []
+        if check_limits:
+            lock_sql = _LOCK_LIMITED.format(
+                queue_filter=queue_filter,
+                tenant_filter=" AND c.tenant_id = ANY(%(tenants)s)" if tenants is not None else "",
+            )
+            locked = list(conn.exec_driver_sql(lock_sql, params).scalars())
         sql = _CLAIM_FAIR.format(
             queue_filter=queue_filter,
             tenant_filter=" AND j.tenant_id = ANY(%(tenants)s)" if tenants is not None else "",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
@@ -152,6 +152,8 @@ class SqliteBackend(QueueBackend):
         limit: int,
         lease_seconds: float,
         tenants: Sequence[str] | None,
+        held: Mapping[str, int] | None = None,
+        check_limits: bool = True,
     ) -> list[Job]:
         """The fair claim in steps: the claim holds SQLite's one write lock
         (``BEGIN IMMEDIATE``), so nothing changes between the steps and the
@@ -168,8 +170,9 @@ class SqliteBackend(QueueBackend):
                 select(control_table).where(control_table.c.tenant_id.in_(chunk))
             ).mappings()
         }
+        limited = [t for t in busy if t in controls and controls[t]["max_running"] is not None]
         running: dict[str, int] = {}
-        for chunk in _chunks(busy):
+        for chunk in _chunks(limited):
             marks = ", ".join("?" for _ in chunk)
             for tenant_id, n in conn.exec_driver_sql(
                 f"SELECT tenant_id, count(*) FROM {J.name} WHERE state = 'running' "
@@ -204,7 +207,7 @@ class SqliteBackend(QueueBackend):
             Contender(
                 tenant_id=tenant_id,
                 weight=int(controls[tenant_id]["weight"]) if tenant_id in controls else 1,
-                running=running.get(tenant_id, 0),
+                running=(held or {}).get(tenant_id, 0),
                 allowance=len(rows),
                 head=min(r[1] for r in rows),
             )
