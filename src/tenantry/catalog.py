@@ -22,6 +22,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Engine,
+    ForeignKey,
     MetaData,
     String,
     Table,
@@ -97,6 +98,27 @@ tenants_table = Table(
     Column("settings", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# API keys issued to tenants (tenantry.web.apikeys). Beside the tenants table so
+# that ensure_schema creates both, and so that deleting a tenant deletes its keys:
+# a tenant later created with the same id must not inherit them.
+api_keys_table = Table(
+    "tenantry_api_keys",
+    catalog_metadata,
+    Column("id", String(16), primary_key=True),  # the key's public prefix
+    Column(
+        "tenant_id",
+        String(40),
+        ForeignKey(tenants_table.c.id, ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("name", String(200), nullable=False),
+    Column("secret_hash", String(64), nullable=False),  # sha256 hex of the whole key
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("last_used_at", DateTime(timezone=True), nullable=True),
 )
 
 _UPDATABLE = frozenset({"name", "status", "settings", "isolation", "store"})

@@ -11,7 +11,8 @@ import importlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -34,6 +35,9 @@ from tenantry.logs import get_logger
 from tenantry.models import TENANT_ID_COLUMN, GlobalBase, TenantBase, is_tenant_table
 from tenantry.session import TenantSession
 from tenantry.stores import Store
+
+if TYPE_CHECKING:
+    from tenantry.web.apikeys import ApiKeys
 
 log = get_logger(__name__)
 
@@ -127,6 +131,17 @@ class Tenantry:
         self.catalog.ensure_schema()
         with self.default_store.admin_engine().begin() as conn:
             self.global_metadata.create_all(conn, checkfirst=True)
+
+    @cached_property
+    def api_keys(self) -> ApiKeys:
+        """The tenants' API keys (:class:`tenantry.web.apikeys.ApiKeys`), kept in the catalog.
+
+        One instance per ``Tenantry``, so a revocation clears the cache that
+        the web middleware verifies keys against.
+        """
+        from tenantry.web.apikeys import ApiKeys
+
+        return ApiKeys(self.catalog)
 
     def close(self) -> None:
         for store in self.stores.values():
