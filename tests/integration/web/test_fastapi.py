@@ -43,6 +43,10 @@ def build(t: Tenantry) -> FastAPI:
     async def optional(tenant: TenantDep) -> dict[str, str]:
         return {"tenant": tenant.id}
 
+    @app.get("/sync")
+    def sync_route(tenant: TenantDep) -> dict[str, str]:  # FastAPI runs it in a thread
+        return {"tenant": tenant.id, "context": current_tenant()}
+
     @app.post("/notes")
     async def add(tenant: TenantDep, session: TenantSessionDep) -> dict[str, str]:
         session.add(Note(body=f"new for {tenant.id}"))
@@ -80,6 +84,8 @@ async def test_dependencies_give_the_tenant_and_its_session(client: httpx.AsyncC
             "context": tid,
             "bodies": [f"{tid}-{i}" for i in range(3)],
         }
+    response = await client.get("/sync", headers={"X-Tenant-ID": "globex"})
+    assert response.json() == {"tenant": "globex", "context": "globex"}
     assert (await client.post("/notes", headers={"X-Tenant-ID": "acme"})).json() == {"ok": "acme"}
     acme = (await client.get("/notes", headers={"X-Tenant-ID": "acme"})).json()["bodies"]
     globex = (await client.get("/notes", headers={"X-Tenant-ID": "globex"})).json()["bodies"]
