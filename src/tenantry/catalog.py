@@ -121,6 +121,10 @@ api_keys_table = Table(
     Column("last_used_at", DateTime(timezone=True), nullable=True),
 )
 
+# Advisory lock key for creating the catalog tables (not isolation.postgres's
+# DDL key, so that creating the catalog can never wait on a caller's own DDL).
+_SCHEMA_LOCK = 7433004
+
 _UPDATABLE = frozenset({"name", "status", "settings", "isolation", "store"})
 
 
@@ -162,8 +166,13 @@ class Catalog:
     def ensure_schema(self) -> None:
         if self._ready:
             return
-        with self.engine.begin() as conn:
+        # Serialised: processes starting together on a fresh database would all
+        # see no table, all CREATE it, and all but one fail. SQLite's write lock
+        # is taken at BEGIN (a deferred BEGIN cannot wait for it later).
+        engine = self.engine.execution_options(sqlite_begin="BEGIN IMMEDIATE")
+        with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
                 conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {TENANTRY_SCHEMA}")
             catalog_metadata.create_all(conn, checkfirst=True)
         self._ready = True
