@@ -139,6 +139,8 @@ class ApiKeys:
     # -- administration -------------------------------------------------------
     def issue(self, tenant_id: str, *, name: str = "") -> IssuedApiKey:
         """Create a key for an existing tenant; the plaintext is returned only here."""
+        if len(name) > 200:
+            raise TenantryError("an API key's name is at most 200 characters")
         self.catalog.get(validate_tenant_id(tenant_id), cached=False)  # must exist
         self.catalog.ensure_schema()
         for _ in range(5):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from tenantry import TenantNotFoundError
+from tenantry import TenantNotFoundError, TenantryError
 from tenantry.catalog import api_keys_table
 from tenantry.errors import ApiKeyNotFoundError, AuthenticationError
 from tenantry.web import ApiKeys
@@ -110,6 +110,10 @@ def test_issue_needs_an_existing_tenant(make_tenantry: TenantryFactory) -> None:
     t.setup()
     with pytest.raises(TenantNotFoundError):
         t.api_keys.issue("nobody")
+    seed(t, ["acme"])
+    with pytest.raises(TenantryError, match="200"):
+        t.api_keys.issue("acme", name="x" * 201)
+    assert t.api_keys.list() == []
 
 
 def test_tenant_scoped_revoke_cannot_touch_another_tenants_key(
