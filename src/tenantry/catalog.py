@@ -22,6 +22,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Engine,
+    ForeignKey,
     MetaData,
     String,
     Table,
@@ -99,6 +100,31 @@ tenants_table = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
+# API keys issued to tenants (tenantry.web.apikeys). Beside the tenants table so
+# that ensure_schema creates both, and so that deleting a tenant deletes its keys:
+# a tenant later created with the same id must not inherit them.
+api_keys_table = Table(
+    "tenantry_api_keys",
+    catalog_metadata,
+    Column("id", String(16), primary_key=True),  # the key's public prefix
+    Column(
+        "tenant_id",
+        String(40),
+        ForeignKey(tenants_table.c.id, ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("name", String(200), nullable=False),
+    Column("secret_hash", String(64), nullable=False),  # sha256 hex of the whole key
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("last_used_at", DateTime(timezone=True), nullable=True),
+)
+
+# Advisory lock key for creating the catalog tables (not isolation.postgres's
+# DDL key, so that creating the catalog can never wait on a caller's own DDL).
+_SCHEMA_LOCK = 7433004
+
 _UPDATABLE = frozenset({"name", "status", "settings", "isolation", "store"})
 
 
@@ -140,8 +166,13 @@ class Catalog:
     def ensure_schema(self) -> None:
         if self._ready:
             return
-        with self.engine.begin() as conn:
+        # Serialised: processes starting together on a fresh database would all
+        # see no table, all CREATE it, and all but one fail. SQLite's write lock
+        # is taken at BEGIN (a deferred BEGIN cannot wait for it later).
+        engine = self.engine.execution_options(sqlite_begin="BEGIN IMMEDIATE")
+        with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
                 conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {TENANTRY_SCHEMA}")
             catalog_metadata.create_all(conn, checkfirst=True)
         self._ready = True

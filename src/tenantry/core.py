@@ -11,7 +11,8 @@ import importlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from sqlalchemy import MetaData
@@ -39,6 +40,9 @@ from tenantry.queue.backends import backend_for, ensure_store_queue
 from tenantry.queue.sources import source_of
 from tenantry.session import TenantSession
 from tenantry.stores import Store
+
+if TYPE_CHECKING:
+    from tenantry.web.apikeys import ApiKeys
 
 log = get_logger(__name__)
 
@@ -135,6 +139,17 @@ class Tenantry:
         self.catalog.ensure_schema()
         with self.default_store.admin_engine().begin() as conn:
             self.global_metadata.create_all(conn, checkfirst=True)
+
+    @cached_property
+    def api_keys(self) -> ApiKeys:
+        """The tenants' API keys (:class:`tenantry.web.apikeys.ApiKeys`), kept in the catalog.
+
+        One instance per ``Tenantry``, so a revocation clears the cache that
+        the web middleware verifies keys against.
+        """
+        from tenantry.web.apikeys import ApiKeys
+
+        return ApiKeys(self.catalog)
 
     def close(self) -> None:
         for store in self.stores.values():

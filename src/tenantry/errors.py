@@ -67,6 +67,34 @@ class TenantStateError(TenantryError):
     """The tenant is not in a status that allows this operation."""
 
 
+class AuthenticationError(TenantryError):
+    """The request's credential (a token or an API key) is not valid.
+
+    Raised for a credential that was *presented* and failed: it is never
+    treated as absent, so a bad credential cannot fall through to a weaker hint.
+    """
+
+
+class ApiKeyNotFoundError(TenantryError, LookupError):
+    """No API key with that id exists (for this tenant)."""
+
+
+class TenantResolutionError(TenantryError):
+    """The request does not name its tenant in a usable way."""
+
+
+class TenantRequiredError(TenantResolutionError):
+    """This request must name a tenant (by credential, host or header) and names none."""
+
+
+class AmbiguousTenantError(TenantResolutionError):
+    """The request's tenant hints name different tenants."""
+
+
+class TenantMismatchError(TenantResolutionError):
+    """The request's credential belongs to a different tenant than its other hints name."""
+
+
 class QueueError(TenantryError):
     """A job queue operation failed."""
 

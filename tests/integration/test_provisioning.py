@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from tenantry import (
     TenantUnavailableError,
     tenant_context,
 )
-from tenantry.catalog import Tenant, TenantStatus
+from tenantry.catalog import Catalog, Tenant, TenantStatus
 from tenantry.isolation import schema_name, strategy_for
 from tests.conftest import ALL_CASES, TenantryFactory
 from tests.models import Note
@@ -223,3 +224,29 @@ def test_a_new_tenant_never_adopts_leftover_data(
         t.create_tenant("acme", isolation=mode)
     assert t.list_tenants() == []
     assert _storage_exists(t, "acme", mode)  # refused, and nothing was touched
+
+
+def test_concurrent_first_catalog_setups_all_succeed(
+    make_tenantry: TenantryFactory, backend: str
+) -> None:
+    """Several processes starting at once on a fresh database (web workers, a queue
+    worker) each create the catalog tables; none may fail because another won."""
+    first = make_tenantry(backend)
+    catalogs = [Catalog(make_tenantry(backend, first.config).catalog.engine) for _ in range(8)]
+    barrier = threading.Barrier(len(catalogs))
+    errors: list[BaseException] = []
+
+    def start(catalog: Catalog) -> None:
+        barrier.wait()
+        try:
+            catalog.ensure_schema()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(c,)) for c in catalogs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert first.list_tenants() == []
