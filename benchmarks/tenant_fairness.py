@@ -178,7 +178,7 @@ class NoisyResult:
 async def _drain_noisy(t: Tenantry, url: str, backlog: int, fair: bool) -> NoisyResult:
     result = NoisyResult(fair=fair, backlog=backlog)
     LATENCIES.clear()
-    worker = Worker(t, registry, concurrency=10, fair=fair)
+    worker = Worker(t, registry, concurrency=10, fair=fair, prefetch=int(os.environ.get("PREFETCH", "10")))
     task = asyncio.create_task(worker.run())
     await worker.wait_started()
     ctx = mp.get_context("spawn")
@@ -364,7 +364,7 @@ def main() -> int:
     backlog = args.backlog or (20_000 if args.ci else 100_000)
     n_tenants = args.tenants or (200 if args.ci else 1000)
     n_dbs = args.databases or (20 if args.ci else 100)
-    console = Console()
+    console = Console(width=160)
 
     console.print(f"noisy neighbour: backlog {backlog:,}, probes from 10 tenants every 50 ms")
     fair = noisy_neighbour(args.url, backlog, fair=True)

@@ -180,13 +180,13 @@ class Store:
         return engine.execution_options(schema_translate_map=self.translate_map)
 
     def _make_async_engine(
-        self, url: URL, *, small: bool = False, ping: bool = True
+        self, url: URL, *, small: bool = False, ping: bool = True, **kw: Any
     ) -> AsyncEngine:
         if self.dialect == "sqlite":
             engine = create_async_engine(url)
             _sqlite_connect_hooks(engine.sync_engine)
         else:
-            engine = create_async_engine(url, **self._pool_options(small, ping))
+            engine = create_async_engine(url, **self._pool_options(small, ping), **kw)
         return engine.execution_options(schema_translate_map=self.translate_map)
 
     # -- the store database -------------------------------------------------
@@ -235,6 +235,32 @@ class Store:
             if engine is None:
                 engine = self._make_async_engine(self._url(admin=admin, is_async=True), ping=False)
                 self._async_engines["q"] = engine
+            return engine
+
+    def claim_async_engine(self) -> AsyncEngine:
+        """The worker's claim engine on the store database: generic plans, small pool.
+
+        The fair claim statement costs more to plan than to run, so its
+        connections plan each prepared statement once
+        (``plan_cache_mode=force_generic_plan``). Only statements whose
+        partial-index predicates are literals run here (claims and their
+        acknowledgements); a generic plan cannot match a partial index
+        against a bound parameter. SQLite has no plans to cache: the queue
+        engine serves.
+        """
+        if not self.is_postgres:
+            return self.queue_async_engine()
+        admin = self.config.admin_url is not None
+        with self._lock:
+            engine = self._async_engines.get("claims")
+            if engine is None:
+                engine = self._make_async_engine(
+                    self._url(admin=admin, is_async=True),
+                    small=True,
+                    ping=False,
+                    connect_args={"options": "-c plan_cache_mode=force_generic_plan"},
+                ).execution_options(tenantry_generic_plans=True)
+                self._async_engines["claims"] = engine
             return engine
 
     # -- database-per-tenant -------------------------------------------------

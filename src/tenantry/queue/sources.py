@@ -40,6 +40,14 @@ class JobSource:
         options = self.backend.write_options
         return engine.execution_options(**options) if write and options else engine
 
+    def claim_engine(self) -> AsyncEngine:
+        """For claim transactions: the store's claim engine, or a tenant database's queue engine."""
+        if self.tenant_id is not None:
+            return self.async_engine()
+        engine = self.store.claim_async_engine()
+        options = self.backend.write_options
+        return engine.execution_options(**options) if options else engine
+
     def async_engine(self) -> AsyncEngine:
         # Queue transactions write; on SQLite they take the write lock at BEGIN
         # so a read-then-write transaction cannot fail half-way with BUSY.

@@ -199,6 +199,7 @@ class Worker:
         self._held: dict[tuple[str, int], _Held] = {}
         self._buffer: deque[_Held] = deque()
         self._running = 0
+        self._active: dict[str, int] = {}  # running jobs per tenant in this worker
         self._to_complete: dict[str, list[_Held]] = {}
         self._stopping = False
         self._hard_stop = False
@@ -308,7 +309,7 @@ class Worker:
         capacity = self.concurrency + self.prefetch
         # Claim in batches: each claim is a commit, so topping up one job at a
         # time would cost a round trip (and an fsync) per job.
-        min_batch = max(1, min(self.concurrency, capacity // 4))
+        min_batch = max(1, capacity // 2)
         while not self._stopping:
             self._wake.clear()
             self._start_buffered()
@@ -326,10 +327,26 @@ class Worker:
 
     def _start_buffered(self) -> None:
         while self._buffer and self._running < self.concurrency and not self._stopping:
-            held = self._buffer.popleft()
+            held = self._next_buffered()
             self._running += 1
-            self._counters(held.job.tenant_id).started += 1
+            tenant_id = held.job.tenant_id
+            self._active[tenant_id] = self._active.get(tenant_id, 0) + 1
+            self._counters(tenant_id).started += 1
             held.task = asyncio.create_task(self._run_job(held))
+
+    def _next_buffered(self) -> _Held:
+        """The prefetched job to start next: its tenant runs the fewest jobs here.
+
+        Without this, a tenant's single job claimed just now would wait behind
+        everything prefetched earlier for a busier tenant. In claim order
+        otherwise (``min`` keeps the first of equals). With ``fair=False``: FIFO.
+        """
+        if not self.fair or len(self._buffer) == 1:
+            return self._buffer.popleft()
+        active = self._active
+        best = min(self._buffer, key=lambda h: active.get(h.job.tenant_id, 0))
+        self._buffer.remove(best)
+        return best
 
     async def _claim_round(self, want: int) -> int:
         """Claim up to *want* jobs, shared fairly between the sources that may have some.
@@ -400,7 +417,7 @@ class Worker:
         # store's bounded LRU each time, so the connection count stays bounded.
         engine = self._claim_engines.get(source.key)
         if engine is None:
-            engine = source.async_engine()
+            engine = source.claim_engine()
             if source.tenant_id is None:
                 self._claim_engines[source.key] = engine
         backend = source.backend
@@ -465,6 +482,11 @@ class Worker:
                 await self._record_failure(held, exc, self.registry.default_retry)
         finally:
             self._running -= 1
+            left = self._active.get(job.tenant_id, 1) - 1
+            if left:
+                self._active[job.tenant_id] = left
+            else:
+                self._active.pop(job.tenant_id, None)
             self._wake.set()
 
     async def _tenant_ready(self, held: _Held) -> bool:
