@@ -175,10 +175,12 @@ class NoisyResult:
     notes: list[str] = field(default_factory=list)
 
 
-async def _drain_noisy(t: Tenantry, url: str, backlog: int, fair: bool) -> NoisyResult:
+async def _drain_noisy(
+    t: Tenantry, url: str, backlog: int, fair: bool, prefetch: int
+) -> NoisyResult:
     result = NoisyResult(fair=fair, backlog=backlog)
     LATENCIES.clear()
-    worker = Worker(t, registry, concurrency=10, fair=fair, prefetch=int(os.environ.get("PREFETCH", "10")))
+    worker = Worker(t, registry, concurrency=10, fair=fair, prefetch=prefetch)
     task = asyncio.create_task(worker.run())
     await worker.wait_started()
     ctx = mp.get_context("spawn")
@@ -224,7 +226,7 @@ async def _drain_noisy(t: Tenantry, url: str, backlog: int, fair: bool) -> Noisy
     return result
 
 
-def noisy_neighbour(server_url: str, backlog: int, fair: bool) -> NoisyResult:
+def noisy_neighbour(server_url: str, backlog: int, fair: bool, prefetch: int = 10) -> NoisyResult:
     with fresh_database(server_url) as url:
         t = build(url)
         for tenant in ["a", *PROBE_TENANTS]:
@@ -236,7 +238,7 @@ def noisy_neighbour(server_url: str, backlog: int, fair: bool) -> NoisyResult:
                 queue.enqueue_many("noop", [Noop(n) for n in range(i, min(backlog, i + 5000))])
         vacuum(url)
         try:
-            return asyncio.run(_drain_noisy(t, url, backlog, fair))
+            return asyncio.run(_drain_noisy(t, url, backlog, fair, prefetch))
         finally:
             t.close()
 
@@ -354,6 +356,7 @@ def main() -> int:
     parser.add_argument("--tenants", type=int, help="shared tenants (default 1000)")
     parser.add_argument("--databases", type=int, help="database tenants (default 100)")
     parser.add_argument("--skip-many", action="store_true", help="only the noisy neighbour")
+    parser.add_argument("--prefetch", type=int, default=10, help="worker prefetch (default 10)")
     parser.add_argument(
         "--url",
         default=os.environ.get(
@@ -367,8 +370,8 @@ def main() -> int:
     console = Console(width=160)
 
     console.print(f"noisy neighbour: backlog {backlog:,}, probes from 10 tenants every 50 ms")
-    fair = noisy_neighbour(args.url, backlog, fair=True)
-    fifo = noisy_neighbour(args.url, backlog, fair=False)
+    fair = noisy_neighbour(args.url, backlog, fair=True, prefetch=args.prefetch)
+    fifo = noisy_neighbour(args.url, backlog, fair=False, prefetch=args.prefetch)
     ratio = fair.a_rate / fifo.a_rate if fifo.a_rate else 0.0
 
     table = Table(title="Noisy neighbour (PostgreSQL, one worker process, 10 slots)")
