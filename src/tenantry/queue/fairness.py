@@ -7,7 +7,7 @@ worker has claimed and not finished; ``k`` = 1 for its first job in this batch,
 that already has many jobs in the worker waits behind one that has few, so
 over a run each busy tenant's share of the worker follows its weight, and a
 tenant with a single job never waits behind another tenant's backlog. Ties go
-to the tenant whose oldest runnable job is older. Every worker applies the
+to the tenant whose next job became due first. Every worker applies the
 rule to its own slots, so the fleet's capacity is shared the same way; global
 caps (``max_running``) are counted in the database.
 
@@ -49,7 +49,7 @@ class Contender:
     #: How many jobs the tenant may start now: limited by its runnable jobs,
     #: its concurrency limit and its rate-limit tokens, and by the batch size.
     allowance: int
-    head: datetime  # when its oldest runnable job became due
+    head: datetime  # when its next job (by priority) became due
 
 
 def shares(contenders: list[Contender], limit: int) -> dict[str, int]:

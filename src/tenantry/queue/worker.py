@@ -371,7 +371,9 @@ class Worker:
         if not due:
             return 0
         total = 0
-        share = max(1, -(-want // len(due)))
+        # An equal share, but not claims of one or two jobs each from a hundred
+        # databases: a round serves fewer sources, and the rotation the others.
+        share = max(1, -(-want // len(due)), min(want, self.concurrency // 2))
         full: list[JobSource] = []
         for source in due:
             if total >= want or self._stopping:

@@ -53,33 +53,46 @@ WHERE j.id = ANY(ARRAY(
 RETURNING j.*
 """
 # Fair claim (see ``queue/fairness.py`` for the rule), one statement:
-# ``busy``     the tenants with runnable jobs: a loose index scan, one probe
-#              per tenant, however long any tenant's backlog is;
+# ``busy``     the tenants with runnable jobs and when their next job became
+#              due (``head``): a loose index scan, one probe per tenant,
+#              however long any tenant's backlog is;
 # ``ctl``      per busy tenant: its control row (paused tenants drop out,
 #              limited ones only if this transaction holds their row lock,
 #              see _LOCK_LIMITED), ``held`` (its jobs this worker holds), and
-#              ``n``: its runnable jobs counted up to what it may start now
-#              (batch size, concurrency limit, whole rate tokens);
-# ``quota``    the batch in virtual-time order, counted per tenant;
+#              its ``allowance`` now (batch size, concurrency limit, whole
+#              rate tokens);
+# ``firsts``   the ``limit`` tenants whose first job comes first in virtual
+#              time: no other tenant can get a place in this batch, so only
+#              these are looked at further, however many tenants are busy;
+# ``quota``    their runnable jobs counted up to the allowance, the batch in
+#              virtual-time order, counted per tenant;
 # ``claimed``  each tenant's next ``quota`` jobs by priority, ``SKIP LOCKED``,
 #              moved to running (reached by primary key);
 # ``spent``    takes the started jobs out of rate-limit buckets.
-# Fewer, fatter CTEs: each CTE stage costs planning and executor time, and
-# this statement runs once per claimed batch.
+# Few CTE stages: each costs executor time, and this runs once per batch.
 _CLAIM_FAIR = f"""
-WITH RECURSIVE busy(tenant_id) AS (
-    (SELECT tenant_id FROM {_TABLE} j
+WITH RECURSIVE busy(tenant_id, head) AS (
+    (SELECT j.tenant_id, j.scheduled_at FROM {_TABLE} j
      WHERE j.state = 'available' AND {{queue_filter}}{{tenant_filter}}
-     ORDER BY j.tenant_id LIMIT 1)
+     ORDER BY j.tenant_id, j.priority DESC, j.scheduled_at, j.id LIMIT 1)
     UNION ALL
-    SELECT (SELECT j.tenant_id FROM {_TABLE} j
-            WHERE j.state = 'available' AND {{queue_filter}}{{tenant_filter}}
-              AND j.tenant_id > b.tenant_id
-            ORDER BY j.tenant_id LIMIT 1)
-    FROM busy b WHERE b.tenant_id IS NOT NULL
+    SELECT n.tenant_id, n.scheduled_at FROM busy b CROSS JOIN LATERAL (
+        SELECT j.tenant_id, j.scheduled_at FROM {_TABLE} j
+        WHERE j.state = 'available' AND {{queue_filter}}{{tenant_filter}}
+          AND j.tenant_id > b.tenant_id
+        ORDER BY j.tenant_id, j.priority DESC, j.scheduled_at, j.id LIMIT 1
+    ) n
 ), ctl AS (
-    SELECT b.tenant_id, coalesce(c.weight, 1) AS weight, coalesce(h.n, 0) AS held,
-           lvl.level, x.n, x.head
+    SELECT b.tenant_id, b.head, coalesce(c.weight, 1) AS weight, coalesce(h.n, 0) AS held,
+           lvl.level,
+           greatest(0, least(
+               %(limit)s,
+               CASE WHEN c.max_running IS NULL THEN %(limit)s
+                    ELSE c.max_running - (
+                        SELECT count(*)::int FROM {_TABLE} r
+                        WHERE r.tenant_id = b.tenant_id AND r.state = 'running')
+               END,
+               coalesce(floor(lvl.level + 1e-9)::int, %(limit)s))) AS allowance
     FROM busy b
     LEFT JOIN {_CONTROL} c ON c.tenant_id = b.tenant_id
     LEFT JOIN unnest(%(held_tenants)s::text[], %(held_counts)s::int[]) AS h(tenant_id, n)
@@ -91,27 +104,24 @@ WITH RECURSIVE busy(tenant_id) AS (
             + extract(epoch FROM now() - coalesce(c.refilled_at, now()))::float8 * c.rate
         ) END AS level
     ) lvl
-    CROSS JOIN LATERAL (
-        SELECT count(*)::int AS n, min(s.scheduled_at) AS head FROM (
-            SELECT j.scheduled_at FROM {_TABLE} j
-            WHERE j.state = 'available' AND {{queue_filter}} AND j.tenant_id = b.tenant_id
-            ORDER BY j.priority DESC, j.scheduled_at, j.id
-            LIMIT greatest(0, least(
-                %(limit)s,
-                CASE WHEN c.max_running IS NULL THEN %(limit)s
-                     ELSE c.max_running - (
-                         SELECT count(*)::int FROM {_TABLE} r
-                         WHERE r.tenant_id = b.tenant_id AND r.state = 'running')
-                END,
-                coalesce(floor(lvl.level + 1e-9)::int, %(limit)s)))
-        ) s
-    ) x
-    WHERE b.tenant_id IS NOT NULL AND NOT coalesce(c.paused, false)
+    WHERE NOT coalesce(c.paused, false)
       AND ((c.max_running IS NULL AND c.rate IS NULL) OR b.tenant_id = ANY(%(locked)s::text[]))
+), firsts AS (
+    SELECT * FROM ctl WHERE allowance > 0
+    ORDER BY (held + 1)::float8 / weight, head, tenant_id
+    LIMIT %(limit)s
 ), quota AS (
     SELECT s.tenant_id, count(*)::int AS q FROM (
-        SELECT ctl.tenant_id FROM ctl CROSS JOIN LATERAL generate_series(1, ctl.n) AS k
-        ORDER BY (ctl.held + k)::float8 / ctl.weight, ctl.head, ctl.tenant_id
+        SELECT f.tenant_id FROM firsts f
+        CROSS JOIN LATERAL (
+            SELECT count(*)::int AS n FROM (
+                SELECT 1 FROM {_TABLE} j
+                WHERE j.state = 'available' AND {{queue_filter}} AND j.tenant_id = f.tenant_id
+                LIMIT f.allowance
+            ) s
+        ) x
+        CROSS JOIN LATERAL generate_series(1, x.n) AS k
+        ORDER BY (f.held + k)::float8 / f.weight, f.head, f.tenant_id
         LIMIT %(limit)s
     ) s
     GROUP BY s.tenant_id

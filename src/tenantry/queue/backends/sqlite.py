@@ -30,7 +30,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 
 from tenantry.queue.backends.base import QueueBackend
-from tenantry.queue.fairness import Contender, rate_allowance, rate_tokens, shares
+from tenantry.queue.fairness import (
+    Contender,
+    rate_allowance,
+    rate_tokens,
+    shares,
+    virtual_key,
+)
 from tenantry.queue.job import Job, as_utc, utcnow
 from tenantry.queue.schema import control_table, create_queue_tables, jobs_table
 from tenantry.queue.schema import jobs_table as J
@@ -159,9 +165,11 @@ class SqliteBackend(QueueBackend):
         (``BEGIN IMMEDIATE``), so nothing changes between the steps and the
         counts are exact without the row locks PostgreSQL needs.
         """
-        busy = self._busy_tenants(conn, queues, tenants)
-        if not busy:
+        heads = self._busy_tenants(conn, queues, tenants)
+        if not heads:
             return []
+        busy = list(heads)
+        held = held or {}
         now = utcnow()
         controls = {
             row["tenant_id"]: row
@@ -202,14 +210,20 @@ class SqliteBackend(QueueBackend):
                     allowance = min(allowance, rate_allowance(level))
             if allowance > 0:
                 allowances[tenant_id] = allowance
-        candidates = self._candidates(conn, queues, allowances)
+        weights = {t: int(controls[t]["weight"]) if t in controls else 1 for t in allowances}
+        # Only the `limit` tenants whose first job comes first can get a place.
+        firsts = sorted(
+            allowances,
+            key=lambda t: (virtual_key(held.get(t, 0), 1, weights[t]), heads[t], t),
+        )[:limit]
+        candidates = self._candidates(conn, queues, {t: allowances[t] for t in firsts})
         contenders = [
             Contender(
                 tenant_id=tenant_id,
-                weight=int(controls[tenant_id]["weight"]) if tenant_id in controls else 1,
-                running=(held or {}).get(tenant_id, 0),
+                weight=weights[tenant_id],
+                running=held.get(tenant_id, 0),
                 allowance=len(rows),
-                head=min(r[1] for r in rows),
+                head=heads[tenant_id],
             )
             for tenant_id, rows in candidates.items()
             if rows
@@ -234,8 +248,11 @@ class SqliteBackend(QueueBackend):
     @staticmethod
     def _busy_tenants(
         conn: Connection, queues: Sequence[str], tenants: Sequence[str] | None
-    ) -> list[str]:
-        """Tenants with runnable jobs: a loose index scan, one probe per tenant."""
+    ) -> dict[str, datetime]:
+        """Tenants with runnable jobs, with when their next job (by priority) became due.
+
+        A loose index scan: one probe per tenant, however long its backlog is.
+        """
         q = ", ".join("?" for _ in queues)
         wanted = f" AND tenant_id IN ({', '.join('?' for _ in tenants)})" if tenants else ""
         probe = (
@@ -243,15 +260,19 @@ class SqliteBackend(QueueBackend):
             f"{wanted} AND tenant_id > {{after}} ORDER BY tenant_id LIMIT 1"
         )
         first, step = probe.format(after="''"), probe.format(after="busy.t")
+        head = (
+            f"SELECT scheduled_at FROM {J.name} WHERE state = 'available' AND queue IN ({q}) "
+            "AND tenant_id = busy.t ORDER BY priority DESC, scheduled_at, id LIMIT 1"
+        )
         sql = (
             f"WITH RECURSIVE busy(t) AS (SELECT ({first}) "
             f"UNION ALL SELECT ({step}) FROM busy "
-            "WHERE busy.t IS NOT NULL) SELECT t FROM busy WHERE t IS NOT NULL"
+            f"WHERE busy.t IS NOT NULL) SELECT t, ({head}) FROM busy WHERE t IS NOT NULL"
         )
         if tenants is not None and not tenants:
-            return []
-        params = (*queues, *(tenants or ()), *queues, *(tenants or ()))
-        return [str(t) for t in conn.exec_driver_sql(sql, params).scalars()]
+            return {}
+        params = (*queues, *(tenants or ()), *queues, *(tenants or ()), *queues)
+        return {str(t): _parse_time(h) for t, h in conn.exec_driver_sql(sql, params)}
 
     @staticmethod
     def _candidates(
