@@ -8,7 +8,10 @@ Run a worker on it with (from the repository root)::
 ``record`` and ``record_async`` are transactional: they insert one
 :class:`tests.models.Note` with ``body=key`` in the same transaction that marks
 the job completed, so a test can check the exactly-once effect by counting the
-notes per key. ``noop`` is an ordinary (non-transactional) handler.
+notes per key. ``noop`` is an ordinary (non-transactional) handler. ``span``
+(transactional) sleeps and records when it ran, wall clock, in its note:
+``"{key}|{start}|{end}"``, so tests can check how many jobs overlapped across
+processes.
 """
 
 from __future__ import annotations
@@ -56,6 +59,22 @@ async def record_async(ctx: JobContext, payload: RecordPayload) -> None:
     session: AsyncSession = ctx.session
     session.add(Note(body=payload.key))
     await session.flush()
+
+
+@dataclass
+class SpanPayload:
+    key: str
+    sleep: float = 0.0
+
+
+@registry.handler("span", transactional=True)
+def span(ctx: JobContext, payload: SpanPayload) -> None:
+    start = time.time()
+    if payload.sleep > 0:
+        time.sleep(payload.sleep)
+    session: Session = ctx.session
+    session.add(Note(body=f"{payload.key}|{start:.6f}|{time.time():.6f}"))
+    session.flush()
 
 
 @registry.handler("noop")

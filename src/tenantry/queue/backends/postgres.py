@@ -70,6 +70,11 @@ RETURNING j.*
 #              moved to running (reached by primary key);
 # ``spent``    takes the started jobs out of rate-limit buckets.
 # Few CTE stages: each costs executor time, and this runs once per batch.
+# Every per-tenant scan orders by the full key of ix_tenantry_jobs_fair, so
+# that index is the one plan that needs no sort: with ``tenant_id = <outer
+# row>`` the planner cannot tell how many rows a tenant has, and without the
+# ORDER BY it may pick a scan that reads every runnable job (a generic plan
+# did exactly that).
 _CLAIM_FAIR = f"""
 WITH RECURSIVE busy(tenant_id, head) AS (
     (SELECT j.tenant_id, j.scheduled_at FROM {_TABLE} j
@@ -117,6 +122,7 @@ WITH RECURSIVE busy(tenant_id, head) AS (
             SELECT count(*)::int AS n FROM (
                 SELECT 1 FROM {_TABLE} j
                 WHERE j.state = 'available' AND {{queue_filter}} AND j.tenant_id = f.tenant_id
+                ORDER BY j.tenant_id, j.priority DESC, j.scheduled_at, j.id
                 LIMIT f.allowance
             ) s
         ) x
@@ -134,7 +140,7 @@ WITH RECURSIVE busy(tenant_id, head) AS (
         SELECT p.id FROM quota CROSS JOIN LATERAL (
             SELECT j2.id FROM {_TABLE} j2
             WHERE j2.state = 'available' AND {{queue_filter2}} AND j2.tenant_id = quota.tenant_id
-            ORDER BY j2.priority DESC, j2.scheduled_at, j2.id
+            ORDER BY j2.tenant_id, j2.priority DESC, j2.scheduled_at, j2.id
             LIMIT quota.q
             FOR UPDATE SKIP LOCKED
         ) p
