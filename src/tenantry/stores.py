@@ -156,13 +156,25 @@ class Store:
         """The login of ``url`` when an ``admin_url`` is set (it gets SET ROLE rights)."""
         return None if self.config.admin_url is None else self.config.parsed_url().username
 
-    def _url(self, *, admin: bool, is_async: bool, database: str | None = None) -> URL:
+    def _url(
+        self,
+        *,
+        admin: bool,
+        is_async: bool,
+        database: str | None = None,
+        must_exist: bool = False,
+    ) -> URL:
         url = self.config.parsed_url(admin=admin)
         drivers = _ASYNC_DRIVERS if is_async else _SYNC_DRIVERS
         url = url.set(drivername=drivers[self.dialect])
         if database is not None:
             url = url.set(database=database)
         if self.dialect == "sqlite" and url.database not in (None, "", ":memory:"):
+            if must_exist:
+                # A tenant's database file is created by provisioning only: a
+                # worker or session reaching a deleted tenant's path must fail,
+                # not leave an empty file that blocks re-creating the tenant.
+                return url.set(database=f"file:{url.database}", query={"mode": "rw", "uri": "true"})
             Path(url.database or "").parent.mkdir(parents=True, exist_ok=True)
         return url
 
@@ -227,7 +239,9 @@ class Store:
             return self._tenant_async_engines.get_or_create(
                 f"{tenant_id}:q",
                 lambda: self._make_async_engine(
-                    self._url(admin=admin, is_async=True, database=name), small=True, ping=False
+                    self._url(admin=admin, is_async=True, database=name, must_exist=True),
+                    small=True,
+                    ping=False,
                 ),
             )
         with self._lock:
@@ -289,7 +303,8 @@ class Store:
         return self._tenant_engines.get_or_create(
             f"{tenant_id}:{int(admin)}",
             lambda: self._make_engine(
-                self._url(admin=admin, is_async=False, database=name), small=True
+                self._url(admin=admin, is_async=False, database=name, must_exist=True),
+                small=True,
             ),
         )
 
@@ -298,7 +313,7 @@ class Store:
         return self._tenant_async_engines.get_or_create(
             f"{tenant_id}:0",
             lambda: self._make_async_engine(
-                self._url(admin=False, is_async=True, database=name), small=True
+                self._url(admin=False, is_async=True, database=name, must_exist=True), small=True
             ),
         )
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Table,
+    false,
     text,
 )
 from sqlalchemy.dialects import postgresql
@@ -124,7 +125,9 @@ control_table = Table(
     Column("max_running", Integer),
     Column("rate", Float),  # job starts per second
     Column("burst", Float),
-    Column("paused", Boolean, nullable=False, server_default="false"),
+    # false(): 0 on SQLite, false on PostgreSQL (the string 'false' would be
+    # stored as TEXT by SQLite and read back as True).
+    Column("paused", Boolean, nullable=False, server_default=false()),
     Column("tokens", Float),
     Column("refilled_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True), nullable=False),

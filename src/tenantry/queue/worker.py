@@ -211,9 +211,7 @@ class Worker:
         self._claim_engines: dict[str, AsyncEngine] = {}
         # Adaptive polling of databases without LISTEN: key -> (next poll, interval).
         self._idle: dict[str, tuple[float, float]] = {}
-        self._synced: dict[str, tuple[str, datetime]] = {}
-        # Sources with a tenant that has a concurrency or rate limit (from the catalog).
-        self._limited: dict[str, bool] = {}  # tenant -> (source, updated_at)
+        self._synced: dict[str, tuple[str, datetime]] = {}  # tenant -> (source, updated_at)
         self._last_full_sync = 0.0
         self._unsubscribe: list[Callable[[], None]] = []
         self._listeners: dict[str, asyncio.Task[None]] = {}
@@ -430,7 +428,6 @@ class Worker:
         for item in self._held.values():
             if item.source.key == source.key:
                 held[item.job.tenant_id] = held.get(item.job.tenant_id, 0) + 1
-        check_limits = self._limited.get(source.key, True)
 
         def work(c: Connection) -> tuple[set[int], list[Job]]:
             done = backend.complete(c, leases) if leases else set()
@@ -443,7 +440,6 @@ class Worker:
                 tenants=tenants,
                 fair=self.fair,
                 held=held,
-                check_limits=check_limits,
             )
             return done, jobs
 
@@ -553,7 +549,7 @@ class Worker:
             self._forget(held)
             self.stats.completed += 1
             self._counters(job.tenant_id).completed += 1
-        else:
+        elif (source.key, job.id) in self._held:  # not abandoned meanwhile (_abandon)
             held.done = True
             self._to_complete.setdefault(source.key, []).append(held)
             self._ack.set()
@@ -691,38 +687,43 @@ class Worker:
 
         While the queue is busy, acknowledgements ride on the next claim's
         transaction; this loop catches the rest after a short delay, so an idle
-        worker still records completions within milliseconds.
+        worker still records completions within milliseconds. Writes that fail
+        are retried every 0.5 s, outside the flush lock, so a stop never waits
+        behind a database that is away.
         """
         while True:
             await self._ack.wait()
             self._ack.clear()
             await asyncio.sleep(self.ack_delay)
-            await self._flush_completions()
-
-    async def _flush_completions(self, *, final: bool = False) -> None:
-        async with self._flush_lock:
-            await self._flush_locked(final=final)
-
-    async def _flush_locked(self, *, final: bool) -> None:
-        while self._to_complete:
-            pending, self._to_complete = self._to_complete, {}
-            retry: dict[str, list[_Held]] = {}
-            for key, items in pending.items():
-                for start in range(0, len(items), self.completion_batch):
-                    chunk = items[start : start + self.completion_batch]
-                    if not await self._complete_chunk(chunk):
-                        retry.setdefault(key, []).extend(chunk)
-            if retry:
-                if final:
-                    log.error(
-                        "%d completion(s) could not be written; those jobs will be rescued "
-                        "and may run again",
-                        sum(len(v) for v in retry.values()),
-                    )
-                    return
-                for key, items in retry.items():
-                    self._to_complete.setdefault(key, [])[:0] = items
+            if not await self._flush_completions():
                 await asyncio.sleep(0.5)
+                self._ack.set()
+
+    async def _flush_completions(self, *, final: bool = False) -> bool:
+        """One pass over the pending acknowledgements; False if some stay pending."""
+        async with self._flush_lock:
+            return await self._flush_locked(final=final)
+
+    async def _flush_locked(self, *, final: bool) -> bool:
+        pending, self._to_complete = self._to_complete, {}
+        retry: dict[str, list[_Held]] = {}
+        for key, items in pending.items():
+            for start in range(0, len(items), self.completion_batch):
+                chunk = items[start : start + self.completion_batch]
+                if not await self._complete_chunk(chunk):
+                    retry.setdefault(key, []).extend(chunk)
+        if not retry:
+            return True
+        if final:
+            log.error(
+                "%d completion(s) could not be written; those jobs will be rescued "
+                "and may run again",
+                sum(len(v) for v in retry.values()),
+            )
+            return False
+        for key, items in retry.items():
+            self._to_complete.setdefault(key, [])[:0] = items
+        return False
 
     async def _complete_chunk(self, chunk: list[_Held]) -> bool:
         source = chunk[0].source
@@ -769,6 +770,23 @@ class Worker:
                 for held in items:
                     if held.job.id not in kept and (source.key, held.job.id) in self._held:
                         self._lease_lost(held)
+
+    def _abandon(self, key: str) -> None:
+        """Give up the jobs of a source that is gone (its tenant database was dropped).
+
+        Their rows went with the database: nothing can be acknowledged or
+        heartbeated there any more, so running handlers learn their outcome is
+        void and pending acknowledgements are dropped instead of retried forever.
+        """
+        dropped = self._to_complete.pop(key, [])
+        for held in dropped:
+            self._forget(held)
+        self.stats.lost += len(dropped)
+        for held in [h for h in self._held.values() if h.source.key == key]:
+            self._lease_lost(held)
+            if held in self._held.values():
+                self._forget(held)
+                self.stats.lost += 1
 
     def _lease_lost(self, held: _Held) -> None:
         """The job was cancelled or taken over: do not start it; tell a running handler."""
@@ -852,11 +870,12 @@ class Worker:
         for key in known - current:
             log.info("no longer serving jobs from %s (tenant gone or moved)", key)
             self._idle.pop(key, None)
+            self._claim_engines.pop(key, None)
             listener = self._listeners.pop(key, None)
             if listener is not None:
                 listener.cancel()
+            self._abandon(key)
         self._sources = sources
-        self._limited = {key: any(map(_has_limits, m)) for key, (_, m) in grouped.items()}
         await asyncio.to_thread(self._sync_controls, grouped)
 
     def _sync_controls(self, grouped: dict[str, tuple[JobSource, list[Tenant]]]) -> None:
@@ -981,14 +1000,6 @@ class Worker:
             self.stats.released += len(released)
             if released:
                 log.info("released %d job(s) on %s for other workers", len(released), source.key)
-
-
-def _has_limits(tenant: Tenant) -> bool:
-    try:
-        settings = control.QueueSettings.from_settings(tenant.settings)
-    except TenantryError:
-        return True  # unreadable settings: take the locks, the claim SQL decides
-    return settings.max_running is not None or settings.rate is not None
 
 
 def _complete_in(conn: Connection, source: JobSource, job: Job) -> None:

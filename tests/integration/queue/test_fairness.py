@@ -465,21 +465,7 @@ def test_claims_agree_with_the_fair_shares_for_many_tenants(
     assert claimed > 100
 
 
-@pytest.mark.parametrize(
-    "backend",
-    [
-        pytest.param(
-            "sqlite",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="schema.py gives paused server_default='false'; on SQLite that is the "
-                "TEXT 'false' (DDL: paused BOOLEAN DEFAULT 'false'), which SQLAlchemy reads "
-                "back as True: a control row written without 'paused' pauses its tenant",
-            ),
-        ),
-        "postgresql",
-    ],
-)
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_control_row_written_without_paused_does_not_pause_its_tenant(
     make_tenantry: TenantryFactory, backend: str
 ) -> None:

@@ -128,17 +128,10 @@ async def test_deleting_a_tenant_cancels_its_waiting_jobs_before_they_run(
     gc.collect()  # any connection left to a dropped database warns now, not in another test
 
 
-RECREATED_FILE = pytest.mark.xfail(
-    strict=True,
-    reason="SQLite database mode: after delete_tenant removed the tenant's file, the running "
-    "worker still polls that source (maintenance, claims) until its next refresh; opening "
-    "the path creates a new empty file, so the database is not gone and create_tenant with "
-    "the same id fails with TenantExistsError ('database file ... already exists')",
-)
-RECREATE_CASES = [
-    pytest.param(b, m, marks=RECREATED_FILE) if (b, m) == ("sqlite", "database") else (b, m)
-    for b, m in ALL_CASES
-]
+# SQLite database mode once left an empty file behind here: the worker kept
+# polling the deleted tenant's path until its next refresh, and opening the
+# path created the file. Tenant database files now open with mode=rw.
+RECREATE_CASES = ALL_CASES
 
 
 @DROPPED_POOL
@@ -166,17 +159,9 @@ async def test_a_tenant_deleted_while_a_worker_runs_can_be_created_again(
     gc.collect()
 
 
-VOID_IN_OWN_DATABASE = pytest.mark.xfail(
-    strict=True,
-    reason="database mode: delete_tenant drops the tenant's database while its job runs; "
-    "the worker's heartbeat then fails as a database error instead of finding the lease "
-    "gone, so the handler is never told (ctx.lease_lost stays False) and the outcome is "
-    "not counted as lost: the worker retries the acknowledgement every 0.5 s",
-)
-DELETE_CASES = [
-    (b, m) if m != "database" else pytest.param(b, m, marks=VOID_IN_OWN_DATABASE)
-    for b, m in ALL_CASES
-]
+# Database mode: the dropped database takes the rows along; the worker, at its
+# next refresh, gives up the jobs of a source that is gone (Worker._abandon).
+DELETE_CASES = ALL_CASES
 
 
 @DROPPED_POOL
@@ -211,13 +196,6 @@ async def test_deleting_a_tenant_voids_the_job_it_is_running(
 
 
 @DROPPED_POOL
-@pytest.mark.xfail(
-    strict=True,
-    reason="Worker._flush_locked retries a failed acknowledgement every 0.5 s for as long "
-    "as it fails, holding _flush_lock; _drain's final flush and run()'s finally wait for "
-    "that lock, so stop() (and SIGTERM) never finishes while an acknowledgement cannot be "
-    "written: here the job's tenant database was dropped; a database outage does the same",
-)
 async def test_a_worker_stops_although_an_acknowledgement_cannot_be_written(
     make_env: EnvFactory,
 ) -> None:

@@ -217,16 +217,7 @@ async def test_limits_changed_at_runtime_take_effect(
     assert _overlap_after(timeline, "acme", changed) > 3
 
 
-STALLS = pytest.mark.xfail(
-    strict=True,
-    reason="Worker passes check_limits=False for a source none of whose tenants had a limit "
-    "at its last catalog refresh; PostgreSQL's fair claim then leaves out every limited "
-    "tenant, so a tenant given a limit by update_tenant gets no job started until the "
-    "worker's next refresh (refresh_interval, 10 s by default)",
-)
-
-
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=STALLS)])
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 async def test_a_limit_added_at_runtime_does_not_stall_the_tenant(
     make_env: EnvFactory, backend: str
 ) -> None:
