@@ -1,9 +1,10 @@
 """Fair shares: how one claim batch is split between tenants with runnable jobs.
 
-The rule is weighted fair queuing over the jobs a worker holds. Each tenant's
-next job gets the virtual time ``(held + k) / weight`` (``held``: its jobs this
-worker has claimed and not finished; ``k`` = 1 for its first job in this batch,
-2 for the second ...); the batch takes the smallest virtual times. A tenant
+The rule is weighted fair queuing over each tenant's load in the claiming
+worker. Each tenant's next job gets the virtual time ``(load + k) / weight``
+(``load``: its jobs this worker holds plus its recent starts there, decaying;
+``k`` = 1 for its first job in this batch, 2 for the second ...); the batch
+takes the smallest virtual times. A tenant
 that already has many jobs in the worker waits behind one that has few, so
 over a run each busy tenant's share of the worker follows its weight, and a
 tenant with a single job never waits behind another tenant's backlog. Ties go
@@ -45,7 +46,7 @@ class Contender:
 
     tenant_id: str
     weight: int
-    running: int  # jobs of this tenant the claiming worker holds now
+    running: float  # its load in the claiming worker: jobs held now (+ recent starts)
     #: How many jobs the tenant may start now: limited by its runnable jobs,
     #: its concurrency limit and its rate-limit tokens, and by the batch size.
     allowance: int
@@ -86,7 +87,7 @@ def interleave(jobs: list[_J]) -> list[_J]:
     return [t[4] for t in keyed]
 
 
-def virtual_key(running: int, k: int, weight: int) -> float:
+def virtual_key(running: float, k: int, weight: int) -> float:
     return (running + k) / weight
 
 

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
@@ -57,6 +57,7 @@ from tenantry.queue.backends.postgres import CHANNEL
 from tenantry.queue.backends.sqlite import wakeups
 from tenantry.queue.client import Queue
 from tenantry.queue.context import JobContext
+from tenantry.queue.fairness import Contender, shares, virtual_key
 from tenantry.queue.job import Job, utcnow
 from tenantry.queue.registry import Handler, JobRegistry
 from tenantry.queue.retry import RetryPolicy
@@ -67,6 +68,9 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 T = TypeVar("T")
+
+#: Half-life (seconds) of the recent starts that count towards a tenant's load.
+LOAD_HALF_LIFE = 2.0
 
 #: Exceptions that mean "the database is away", not "the job failed".
 DB_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, psycopg.Error, OSError)
@@ -212,6 +216,9 @@ class Worker:
         # Adaptive polling of databases without LISTEN: key -> (next poll, interval).
         self._idle: dict[str, tuple[float, float]] = {}
         self._synced: dict[str, tuple[str, datetime]] = {}  # tenant -> (source, updated_at)
+        self._recent: dict[str, tuple[float, float]] = {}  # tenant -> (decaying starts, when)
+        self._weights: dict[str, int] = {}  # tenant -> fair-share weight (catalog)
+        self._source_tenants: dict[str, list[str]] = {}  # source key -> its tenants
         self._last_full_sync = 0.0
         self._unsubscribe: list[Callable[[], None]] = []
         self._listeners: dict[str, asyncio.Task[None]] = {}
@@ -349,10 +356,15 @@ class Worker:
     async def _claim_round(self, want: int) -> int:
         """Claim up to *want* jobs, shared fairly between the sources that may have some.
 
-        Each due source first gets an equal share; what a source could not use
-        goes to those that filled theirs. A database that had nothing is polled
-        again after a growing interval (up to ``idle_poll_max``) unless a
-        wake-up names it, so a thousand idle tenant databases cost little.
+        Sources are weighed like tenants (``fairness.shares``): a tenant
+        database by its tenant's weight and this worker's recent load for it,
+        a store database by the tenants of it this worker is busy with. A
+        round asks only as many sources as keep claims at a useful size (not
+        one job from each of a hundred databases); the rotation and the load
+        bring the others their turn. What a source could not use goes to those
+        that filled their share. A database that had nothing is polled again
+        after a growing interval (up to ``idle_poll_max``) unless a wake-up
+        names it, so a thousand idle tenant databases cost little.
         """
         sources = self._sources
         if not sources:
@@ -368,15 +380,32 @@ class Worker:
         ]
         if not due:
             return 0
+        loads = self._loads(now)
+        base = datetime(2000, 1, 1, tzinfo=UTC)
+        contenders = []
+        for order, source in enumerate(due):
+            weight, load = self._source_weight_and_load(source, loads)
+            contenders.append(
+                Contender(
+                    tenant_id=source.key,
+                    weight=weight,
+                    running=load,
+                    allowance=want,
+                    head=base + timedelta(seconds=order),  # ties: the rotation's order
+                )
+            )
+        min_share = max(1, min(want, self.concurrency // 2))
+        contenders.sort(key=lambda c: (virtual_key(c.running, 1, c.weight), c.head))
+        picked = contenders[: max(1, want // min_share)]
+        plan = shares(picked, want)
+        by_key = {s.key: s for s in due}
         total = 0
-        # An equal share, but not claims of one or two jobs each from a hundred
-        # databases: a round serves fewer sources, and the rotation the others.
-        share = max(1, -(-want // len(due)), min(want, self.concurrency // 2))
         full: list[JobSource] = []
-        for source in due:
-            if total >= want or self._stopping:
-                break
-            asked = min(share, want - total)
+        for c in picked:
+            asked = min(plan.get(c.tenant_id, 0), want - total)
+            if asked <= 0 or self._stopping:
+                continue
+            source = by_key[c.tenant_id]
             got = await self._claim_into(source, asked)
             total += got
             if got >= asked:
@@ -387,6 +416,42 @@ class Worker:
             total += await self._claim_into(source, want - total)
         self.stats.claimed += total
         return total
+
+    def _source_weight_and_load(
+        self, source: JobSource, loads: dict[str, float]
+    ) -> tuple[int, float]:
+        if source.tenant_id is not None:
+            return self._weights.get(source.tenant_id, 1), loads.get(source.tenant_id, 0.0)
+        busy = [t for t in self._source_tenants.get(source.key, ()) if loads.get(t, 0.0) > 0]
+        weight = sum(self._weights.get(t, 1) for t in busy)
+        return max(1, weight), sum(loads[t] for t in busy)
+
+    def _loads(self, now: float) -> dict[str, float]:
+        """Each tenant's load in this worker: jobs held now plus recent starts, decaying.
+
+        The fair order needs memory: a one-slot worker running transactional
+        jobs holds nothing between jobs, and without the recent starts every
+        tenant would tie at every claim. Starts decay with a half-life of
+        ``LOAD_HALF_LIFE`` seconds.
+        """
+        loads: dict[str, float] = {}
+        for item in self._held.values():
+            loads[item.job.tenant_id] = loads.get(item.job.tenant_id, 0.0) + 1.0
+        stale = []
+        for tenant_id, (value, at) in self._recent.items():
+            decayed = value * 0.5 ** ((now - at) / LOAD_HALF_LIFE)
+            if decayed < 0.01:
+                stale.append(tenant_id)
+                continue
+            loads[tenant_id] = loads.get(tenant_id, 0.0) + decayed
+        for tenant_id in stale:
+            del self._recent[tenant_id]
+        return loads
+
+    def _started_recently(self, tenant_id: str) -> None:
+        now = time.monotonic()
+        value, at = self._recent.get(tenant_id, (0.0, now))
+        self._recent[tenant_id] = (value * 0.5 ** ((now - at) / LOAD_HALF_LIFE) + 1.0, now)
 
     async def _claim_into(self, source: JobSource, limit: int) -> int:
         try:
@@ -424,10 +489,10 @@ class Worker:
         acks = self._to_complete.pop(source.key, [])
         leases = [(h.job.id, h.job.lease_token or "") for h in acks]
         tenants = self._tenants_for(source)
-        held: dict[str, int] = {}
-        for item in self._held.values():
-            if item.source.key == source.key:
-                held[item.job.tenant_id] = held.get(item.job.tenant_id, 0) + 1
+        loads = self._loads(time.monotonic())
+        held = {t: loads[t] for t in self._source_tenants.get(source.key, ()) if t in loads}
+        if source.tenant_id is not None and source.tenant_id in loads:
+            held = {source.tenant_id: loads[source.tenant_id]}
 
         def work(c: Connection) -> tuple[set[int], list[Job]]:
             done = backend.complete(c, leases) if leases else set()
@@ -480,6 +545,7 @@ class Worker:
                 await self._record_failure(held, exc, self.registry.default_retry)
         finally:
             self._running -= 1
+            self._started_recently(job.tenant_id)
             left = self._active.get(job.tenant_id, 1) - 1
             if left:
                 self._active[job.tenant_id] = left
@@ -876,6 +942,8 @@ class Worker:
                 listener.cancel()
             self._abandon(key)
         self._sources = sources
+        self._source_tenants = {key: [t.id for t in m] for key, (_, m) in grouped.items()}
+        self._weights = {t.id: _weight(t) for _, m in grouped.values() for t in m}
         await asyncio.to_thread(self._sync_controls, grouped)
 
     def _sync_controls(self, grouped: dict[str, tuple[JobSource, list[Tenant]]]) -> None:
@@ -1000,6 +1068,13 @@ class Worker:
             self.stats.released += len(released)
             if released:
                 log.info("released %d job(s) on %s for other workers", len(released), source.key)
+
+
+def _weight(tenant: Tenant) -> int:
+    try:
+        return control.QueueSettings.from_settings(tenant.settings).weight
+    except TenantryError:
+        return 1  # unreadable settings: the default share
 
 
 def _complete_in(conn: Connection, source: JobSource, job: Job) -> None:

@@ -326,12 +326,6 @@ async def test_without_fair_claims_weights_mean_nothing(make_env: EnvFactory, ba
     assert any(abs(e) > TOLERANCE for e in errors.values()), (got, errors)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Worker._claim_round splits each claim round equally between job sources, and "
-    "each database-per-tenant tenant is its own source, so their weights are never compared: "
-    "weights 1/2/3 get about 1/3 each",
-)
 async def test_weights_hold_between_database_per_tenant_tenants(make_env: EnvFactory) -> None:
     timeline = Timeline()
     env = make_env("sqlite", "database", timeline_registry(timeline), tuple(WEIGHTS))
@@ -357,15 +351,7 @@ async def test_worker_starts_follow_priority_within_a_tenant(make_env: EnvFactor
     assert timeline.job_ids("globex") == sorted(j.id for j in globex)
 
 
-STARVED = pytest.mark.xfail(
-    strict=True,
-    reason="the fair order counts only the jobs the claiming worker holds; a transactional "
-    "job is forgotten before the next claim, so a one-slot worker claims with nothing held, "
-    "every tenant ties, and the tie goes to the older head: the backlog's tenant, every time",
-)
-
-
-@pytest.mark.parametrize("kind", ["work", pytest.param("work_tx", marks=STARVED)])
+@pytest.mark.parametrize("kind", ["work", "work_tx"])
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 async def test_a_one_slot_worker_does_not_keep_a_tenant_behind_a_backlog(
     make_env: EnvFactory, backend: str, kind: str

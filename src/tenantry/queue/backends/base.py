@@ -141,7 +141,7 @@ class QueueBackend:
         lease_seconds: float,
         tenants: Sequence[str] | None = None,
         fair: bool = True,
-        held: Mapping[str, int] | None = None,
+        held: Mapping[str, float] | None = None,
         check_limits: bool = True,
     ) -> list[Job]:
         """Move up to *limit* available jobs to ``running`` under a fresh lease token.
@@ -190,7 +190,7 @@ class QueueBackend:
         limit: int,
         lease_seconds: float,
         tenants: Sequence[str] | None,
-        held: Mapping[str, int] | None = None,
+        held: Mapping[str, float] | None = None,
         check_limits: bool = True,
     ) -> list[Job]:
         raise NotImplementedError

@@ -100,7 +100,7 @@ WITH RECURSIVE busy(tenant_id, head) AS (
                coalesce(floor(lvl.level + 1e-9)::int, %(limit)s))) AS allowance
     FROM busy b
     LEFT JOIN {_CONTROL} c ON c.tenant_id = b.tenant_id
-    LEFT JOIN unnest(%(held_tenants)s::text[], %(held_counts)s::int[]) AS h(tenant_id, n)
+    LEFT JOIN unnest(%(held_tenants)s::text[], %(held_counts)s::float8[]) AS h(tenant_id, n)
            ON h.tenant_id = b.tenant_id
     CROSS JOIN LATERAL (
         SELECT CASE WHEN c.rate IS NOT NULL THEN least(
@@ -245,7 +245,7 @@ class PostgresBackend(QueueBackend):
         lease_seconds: float,
         tenants: Sequence[str] | None = None,
         fair: bool = True,
-        held: Mapping[str, int] | None = None,
+        held: Mapping[str, float] | None = None,
         check_limits: bool = True,
     ) -> list[Job]:
         if fair:
@@ -285,7 +285,7 @@ class PostgresBackend(QueueBackend):
         limit: int,
         lease_seconds: float,
         tenants: Sequence[str] | None,
-        held: Mapping[str, int] | None = None,
+        held: Mapping[str, float] | None = None,
         check_limits: bool = True,
     ) -> list[Job]:
         queue_filter = "j.queue = %(queue)s" if len(queues) == 1 else "j.queue = ANY(%(queues)s)"
@@ -294,7 +294,7 @@ class PostgresBackend(QueueBackend):
             "queues": list(queues),
             "tenants": list(tenants or ()),
             "held_tenants": list(held or ()),
-            "held_counts": list((held or {}).values()),
+            "held_counts": [float(v) for v in (held or {}).values()],
         }
         locked: list[str] = []
         if check_limits:

@@ -158,7 +158,7 @@ class SqliteBackend(QueueBackend):
         limit: int,
         lease_seconds: float,
         tenants: Sequence[str] | None,
-        held: Mapping[str, int] | None = None,
+        held: Mapping[str, float] | None = None,
         check_limits: bool = True,
     ) -> list[Job]:
         """The fair claim in steps: the claim holds SQLite's one write lock
