@@ -65,7 +65,7 @@ def contenders(
 
 def slot_key(c: Contender, k: int) -> SlotKey:
     """The k-th slot of a tenant, exactly: (virtual time, head, tenant id)."""
-    return (Fraction(c.running + k, c.weight), c.head, c.tenant_id)
+    return ((Fraction(c.running) + k) / c.weight, c.head, c.tenant_id)
 
 
 def oracle(cs: list[Contender], limit: int) -> dict[str, int]:

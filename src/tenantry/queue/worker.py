@@ -410,7 +410,10 @@ class Worker:
             total += got
             if got >= asked:
                 full.append(source)
-        for source in full:
+        # Leftovers: first to sources that filled their share, then down the
+        # order to those not asked yet (a picked source may have had nothing).
+        rest = [by_key[c.tenant_id] for c in contenders[len(picked) :]]
+        for source in [*full, *rest]:
             if total >= want or self._stopping:
                 break
             total += await self._claim_into(source, want - total)
@@ -463,13 +466,16 @@ class Worker:
             )
             return 0
         self._backoff.ok(source.key)
-        if source.tenant_id is not None:
-            if jobs:
-                self._idle.pop(source.key, None)
-            else:
-                interval = self._idle.get(source.key, (0.0, self.poll_interval / 2))[1]
-                interval = min(self.idle_poll_max, max(self.poll_interval, interval * 2))
-                self._idle[source.key] = (time.monotonic() + interval, interval)
+        if jobs:
+            self._idle.pop(source.key, None)
+        else:
+            # Nothing there: leave it out of the next rounds until a wake-up
+            # names it or its poll comes (a store database every
+            # poll_interval; a tenant database after a growing interval).
+            longest = self.idle_poll_max if source.tenant_id is not None else self.poll_interval
+            interval = self._idle.get(source.key, (0.0, self.poll_interval / 2))[1]
+            interval = min(longest, max(self.poll_interval, interval * 2))
+            self._idle[source.key] = (time.monotonic() + interval, interval)
         for job in jobs:
             held = _Held(source, job)
             self._held[(source.key, job.id)] = held
@@ -910,7 +916,7 @@ class Worker:
                     self.stats.rescued += len(rescued)
                     log.warning("rescued %d job(s) with expired leases on %s", len(rescued), key)
                 if staged or rescued:
-                    self._wake.set()
+                    self._wake_source(key)
 
     # -- sources and wake-ups ---------------------------------------------------------
     async def _refresh_sources(self) -> None:
@@ -997,9 +1003,9 @@ class Worker:
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     delay = 0.5
-                    self._wake.set()  # catch up on anything sent while we were away
+                    self._wake_source(source.key)  # catch up on what came while away
                     async for _ in conn.notifies():
-                        self._wake.set()
+                        self._wake_source(source.key)
             except asyncio.CancelledError:
                 raise
             except DB_ERRORS as exc:

@@ -228,7 +228,12 @@ def test_jobs_live_where_the_tenant_data_lives(
     db_source = env_queue.source_for("t_database")
     assert db_source.tenant_id == "t_database"
     expected_db = store.tenant_database_name("t_database")
-    assert db_source.engine().url.database == expected_db
+    url = db_source.engine().url
+    if backend == "sqlite":  # opened read-write only: a worker must never create the file
+        assert url.database == f"file:{expected_db}"
+        assert url.query == {"mode": "rw", "uri": "true"}
+    else:
+        assert url.database == expected_db
     assert store_source.engine().url.database != expected_db
 
     def tenants_in(source: JobSource) -> list[str]:
