@@ -151,22 +151,42 @@ class QueueBackend:
         strict priority-then-FIFO across all tenants, kept as the baseline the
         fairness benchmark compares with.
 
-        ``held``: jobs per tenant this worker holds now (the fair order's
+        ``held``: each tenant's load in this worker (the fair order's
         "running"). ``check_limits=False`` skips taking the claim locks of
         limited tenants when the caller knows there are none; such tenants,
         should one exist after all, are then left out, never over-served.
         """
-        if fair:
-            return self.claim_fair(
+        if not fair:
+            return self.claim_fifo(
                 conn,
                 worker_id=worker_id,
                 queues=queues,
                 limit=limit,
                 lease_seconds=lease_seconds,
                 tenants=tenants,
-                held=held,
-                check_limits=check_limits,
             )
+        return self.claim_fair(
+            conn,
+            worker_id=worker_id,
+            queues=queues,
+            limit=limit,
+            lease_seconds=lease_seconds,
+            tenants=tenants,
+            held=held,
+            check_limits=check_limits,
+        )
+
+    def claim_fifo(
+        self,
+        conn: Connection,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        tenants: Sequence[str] | None,
+    ) -> list[Job]:
+        """Strict ``priority DESC, scheduled_at, id`` over all tenants."""
         candidates = (
             select(J.c.id)
             .where(J.c.state == JobState.AVAILABLE.value, J.c.queue.in_(list(queues)))

@@ -235,7 +235,7 @@ class PostgresBackend(QueueBackend):
         ids = conn.exec_driver_sql(_BULK_INSERT, params).scalars()
         return sorted(int(i) for i in ids)
 
-    def claim(
+    def claim_fifo(
         self,
         conn: Connection,
         *,
@@ -243,22 +243,8 @@ class PostgresBackend(QueueBackend):
         queues: Sequence[str],
         limit: int,
         lease_seconds: float,
-        tenants: Sequence[str] | None = None,
-        fair: bool = True,
-        held: Mapping[str, float] | None = None,
-        check_limits: bool = True,
+        tenants: Sequence[str] | None,
     ) -> list[Job]:
-        if fair:
-            return self.claim_fair(
-                conn,
-                worker_id=worker_id,
-                queues=queues,
-                limit=limit,
-                lease_seconds=lease_seconds,
-                tenants=tenants,
-                held=held,
-                check_limits=check_limits,
-            )
         # One queue: a plain equality keeps the ordered partial-index scan.
         queue_filter = "queue = %(queue)s" if len(queues) == 1 else "queue = ANY(%(queues)s)"
         tenant_filter = " AND tenant_id = ANY(%(tenants)s)" if tenants is not None else ""
