@@ -363,11 +363,12 @@ def test_overlong_queue_names_and_correlation_ids_are_refused_up_front(
     """They were written as given: a database error on PostgreSQL, silently kept on SQLite."""
     env = build_env(make_tenantry, backend, "shared", noop_registry())
     with tenant_context("acme"):
-        for options in (
+        refused: list[dict[str, Any]] = [
             {"queue": "q" * 101},
             {"queue": ""},
             {"correlation_id": "c" * 201},
-        ):
+        ]
+        for options in refused:
             with pytest.raises(ConfigError):
                 env.queue.enqueue("record", {"n": 1}, **options)
         env.queue.enqueue("record", {"n": 1}, queue="q" * 100, correlation_id="c" * 200)
