@@ -880,7 +880,7 @@ def serve(
         f"  API docs   {url}/docs\n"
         f"  metrics    {url}/metrics"
     )
-    server = serving.uvicorn.Server(serving.config(app))
+    server = serving.ServiceServer(serving.config(app))
     try:
         server.run(sockets=[sock])
     finally:

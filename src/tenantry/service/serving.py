@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import signal
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -73,3 +74,22 @@ class EmbeddedServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+class ServiceServer(uvicorn.Server):
+    """uvicorn for ``tenantry serve``: SIGTERM/SIGINT stop it gracefully, then it returns.
+
+    Plain uvicorn re-raises the signal after its graceful shutdown, so the
+    process would die *by* SIGTERM; ``tenantry serve``, like ``tenantry
+    worker``, exits 0 after a clean drain, and 1 when something failed.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
