@@ -12,7 +12,8 @@ Label cardinality is bounded, because a deployment may have many thousands of
 tenants and a time series per tenant would swamp Prometheus:
 
 * gauges give their own ``tenant`` label to the ``top_tenants`` tenants with
-  the most unfinished jobs *at this scrape* and sum the rest as
+  the most unfinished jobs *at this scrape* (then, among tenants without a
+  backlog, the most jobs finished within the stats window) and sum the rest as
   ``tenant="_other"`` (likewise ``top_kinds`` for ``kind``). Gauges may change
   membership between scrapes; a sum over ``tenant`` is always exact;
 * counters must never go down, so a tenant cannot move between its own series
@@ -30,6 +31,7 @@ import threading
 from collections import Counter as Tally
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -64,9 +66,19 @@ class StickyLabels:
             return OTHER
 
 
-def top(values: Mapping[str, int], n: int) -> set[str]:
-    """The *n* keys with the largest positive values (ties broken by name)."""
-    ranked = sorted((k for k, v in values.items() if v > 0), key=lambda k: (-values[k], k))
+def top(values: Mapping[str, Any], n: int) -> set[str]:
+    """The *n* keys with the largest values (compared as given; ties broken by name).
+
+    Keys whose value is zero (or all zeros) are never chosen: they have no series.
+    """
+
+    def weight(key: str) -> tuple[Any, ...]:
+        value = values[key]
+        return tuple(value) if isinstance(value, tuple) else (value,)
+
+    ranked = sorted(
+        (k for k in values if any(weight(k))), key=lambda k: (*(-w for w in weight(k)), k)
+    )
     return set(ranked[:n])
 
 
@@ -150,7 +162,11 @@ class ServiceMetrics:
 def queue_families(stats: QueueStats, tenants: Sequence[Tenant], budget: Budget) -> list[Metric]:
     """Gauges from one :class:`QueueStats`, with tenants and kinds folded into ``_other``."""
     depth_of = {tid: sum(t.depth.values()) for tid, t in stats.tenants.items()}
-    kept = top(depth_of, budget.top_tenants)
+    # Deepest queues first; among tenants with no backlog, the busiest recently.
+    activity = {
+        tid: (depth_of[tid], t.completed + t.dead + t.cancelled) for tid, t in stats.tenants.items()
+    }
+    kept = top(activity, budget.top_tenants)
     kind_depth: Tally[str] = Tally()
     for t in stats.tenants.values():
         for (_state, kind), n in t.by_kind.items():
@@ -202,7 +218,7 @@ def queue_families(stats: QueueStats, tenants: Sequence[Tenant], budget: Budget)
         status_family.add_metric([status.value], by_status.get(status.value, 0))
     folded = GaugeMetricFamily(
         "tenantry_metrics_folded_tenants",
-        "Tenants with unfinished jobs whose queue series are summed into tenant='_other'.",
-        value=sum(1 for tid, n in depth_of.items() if n > 0 and tid not in kept),
+        "Tenants with unfinished or recent jobs whose series are summed into tenant='_other'.",
+        value=sum(1 for tid, a in activity.items() if any(a) and tid not in kept),
     )
     return [depth_family, oldest_family, recent_family, status_family, folded]
