@@ -52,7 +52,15 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{host}:{port}"
 
 
-def config(app: Any, *, log_level: str = "info", access_log: bool = True) -> uvicorn.Config:
+def config(
+    app: Any, *, log_level: str = "info", access_log: bool = True, own_logging: bool = True
+) -> uvicorn.Config:
+    """uvicorn's settings; ``own_logging=False`` leaves the process's logging alone.
+
+    uvicorn normally installs its own log handlers (``dictConfig``), bound to
+    the stderr of the moment: right for ``tenantry serve``, wrong for servers
+    embedded in a process that has its own logging (the demo, tests).
+    """
     return uvicorn.Config(
         app,
         lifespan="on",
@@ -60,6 +68,7 @@ def config(app: Any, *, log_level: str = "info", access_log: bool = True) -> uvi
         access_log=access_log,
         proxy_headers=False,
         server_header=False,
+        log_config=uvicorn.config.LOGGING_CONFIG if own_logging else None,
     )
 
 

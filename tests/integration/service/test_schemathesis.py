@@ -41,7 +41,7 @@ def served(t: Tenantry) -> Iterator[str]:
         run_worker=False,
     )
     sock = bind("127.0.0.1", 0)
-    server = EmbeddedServer(config(app, log_level="warning", access_log=False))
+    server = EmbeddedServer(config(app, log_level="warning", access_log=False, own_logging=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
