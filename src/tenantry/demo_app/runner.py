@@ -211,7 +211,11 @@ async def run_catalogue_demo(
     app_port: int = 8001,
     timeout: float = 90.0,
 ) -> DemoResult:
-    """Serve the service and the catalogue app for *tenants*, drive traffic, report."""
+    """Serve the service and the catalogue app for *tenants*, drive traffic, report.
+
+    Meant to run as its own ``asyncio.run``: at the end it disposes *tenantry*'s
+    async engines, whose connections are bound to this event loop.
+    """
     queue = Queue(tenantry, registry)
     await asyncio.to_thread(queue.setup)
     token = os.environ.get("TENANTRY_ADMIN_TOKEN") or secrets.token_urlsafe(24)
@@ -268,6 +272,9 @@ async def run_catalogue_demo(
         await asyncio.gather(*tasks, return_exceptions=True)
         service_sock.close()
         app_sock.close()
+        # The async engines' connections belong to this loop, which ends with the
+        # demo: close them now (the engines are rebuilt if tenantry is used again).
+        await tenantry.aclose()
     for row in rows:
         if once and row["unfinished"]:  # after Ctrl-C, jobs in flight are normal
             problems.append(f"{row['tenant']}: {row['unfinished']} job(s) did not finish")

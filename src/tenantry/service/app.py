@@ -20,8 +20,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenantry import __version__
 from tenantry.core import Tenantry
@@ -37,6 +39,10 @@ from tenantry.service.settings import ServiceSettings
 from tenantry.service.state import ServiceState, service_of
 
 log = get_logger(__name__)
+
+#: Request bodies are small JSON documents (a payload, tenant settings): a
+#: larger body is refused (413) before it is read into memory.
+MAX_BODY_BYTES = 1 << 20
 
 INSECURE_BANNER = (
     "INSECURE DEV MODE: tenantry serve runs WITHOUT an admin token. Anyone who can reach "
@@ -104,6 +110,61 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return _json_error(500, "internal_error", "internal error (see the service log)")
 
 
+class BodyLimit:
+    """Refuse request bodies over *max_bytes* with a JSON 413, before the app reads them.
+
+    The body is read up to the limit and handed to the app in one message, so a
+    chunked upload without ``Content-Length`` is refused the same way (the
+    admin API's bodies are small JSON documents, so buffering them costs
+    nothing).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._refuse(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                await self.app(scope, _replay([message], receive), send)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([body], receive), send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = _json_error(
+            413, "payload_too_large", f"request bodies are limited to {self.max_bytes} bytes"
+        )
+        await response(scope, receive, send)
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    pending = list(messages)
+
+    async def replay() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replay
+
+
 def create_app(
     tenantry: Tenantry,
     registry: JobRegistry | None = None,
@@ -156,6 +217,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.service = state
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.include_router(api.router)
     app.include_router(dashboard.router)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
 from tenantry import TenantNotFoundError
@@ -138,3 +140,28 @@ async def test_api_keys(make_service: ServiceFactory, backend: str) -> None:
     assert too_long.status_code == 422
     missing = await svc.api("POST", "/tenants/nobody/api-keys", json={})
     assert missing.status_code == 404
+
+
+async def test_oversized_bodies_are_refused_before_they_are_read(
+    make_service: ServiceFactory, backend: str
+) -> None:
+    svc: Svc = await make_service(backend, run_worker=False)
+    huge = {"id": "big", "settings": {"blob": "x" * (2 << 20)}}
+    response = await svc.api("POST", "/tenants", json=huge)
+    assert response.status_code == 413
+    assert error_of(response)["code"] == "payload_too_large"
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+        yield b'{"id": "big", "name": "'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"}'
+
+    streamed = await svc.api(
+        "POST", "/tenants", content=chunked(), headers={"content-type": "application/json"}
+    )
+    assert streamed.status_code == 413
+    assert error_of(streamed)["code"] == "payload_too_large"
+    assert svc.t.list_tenants() == []
+    small = await svc.api("POST", "/tenants", json={"id": "small", "name": "n" * 200})
+    assert small.status_code == 201
