@@ -18,7 +18,7 @@ demo: $(STAMP)
 
 # The whole suite (unit + integration, SQLite + PostgreSQL), lint and types.
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 

@@ -6,6 +6,9 @@ back through the very same ``tenantry.session()`` an application would use. If
 any tenant can see a row that is not its own, the demo says so and the command
 fails, so it doubles as a smoke test of a fresh installation or a new store.
 
+After this check, ``tenantry demo`` runs the product-catalogue app and the
+service against the same tenants (:mod:`tenantry.demo_app.runner`).
+
 The demo tables live on their own metadata (not :class:`tenantry.TenantBase`),
 so running the demo never provisions the application's tables, and the
 application's (or the test suite's) tables never end up in the demo tenants.
@@ -23,14 +26,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import String, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import select
 
 from tenantry.catalog import IsolationMode, Tenant, TenantStatus
 from tenantry.context import tenant_context
 from tenantry.core import Tenantry
+from tenantry.demo_app.models import DemoBase, DemoProduct
 from tenantry.errors import TenantExistsError, TenantNotFoundError
-from tenantry.models import TenantScoped, tenant_metadata
 from tenantry.stores import Store
 
 #: Tenant setting that marks a tenant as the demo's own. The demo deletes and
@@ -39,19 +41,7 @@ from tenantry.stores import Store
 DEMO_SETTING = "tenantry_demo"
 PRODUCTS_PER_TENANT = 3
 
-
-class DemoBase(TenantScoped, DeclarativeBase):
-    """Declarative base of the demo tables (a tenant metadata of their own)."""
-
-    metadata = tenant_metadata()
-
-
-class DemoProduct(DemoBase):
-    __tablename__ = "demo_products"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(100))
-    price_cents: Mapped[int] = mapped_column(default=0)
+__all__ = ["DEMO_SETTING", "DEMO_TENANTS", "DemoBase", "DemoProduct", "DemoTenant", "run_demo"]
 
 
 @dataclass(frozen=True)

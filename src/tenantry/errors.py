@@ -99,6 +99,13 @@ class QueueError(TenantryError):
     """A job queue operation failed."""
 
 
+class NoJobRegistryError(QueueError):
+    """No job registry is loaded here, so job kinds and payloads cannot be checked.
+
+    Start the service with ``--app module:registry`` to enqueue through it.
+    """
+
+
 class UnknownJobKind(QueueError, LookupError):
     """No handler is registered for this job kind."""
 

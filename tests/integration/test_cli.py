@@ -318,7 +318,12 @@ def test_missing_secret_variable_is_a_clear_error(invoke: Invoke) -> None:
 
 
 # -- demo -------------------------------------------------------------------------------
-def _demo_rows(output: str) -> dict[str, str]:
+#: The demo serves until Ctrl-C without --once; tests also let it pick free ports.
+DEMO_ONCE = ("--once", "--port", "0", "--app-port", "0")
+SUMMARY_TITLE = "Jobs processed per tenant"
+
+
+def _table_rows(output: str) -> dict[str, str]:
     rows = {}
     for line in output.splitlines():
         cells = [cell.strip() for cell in line.split("│")]
@@ -327,9 +332,31 @@ def _demo_rows(output: str) -> dict[str, str]:
     return rows
 
 
+def _demo_rows(output: str) -> dict[str, str]:
+    """The isolation check's table (printed before the catalogue demo's summary)."""
+    return _table_rows(output.split(SUMMARY_TITLE)[0])
+
+
+def _summary_rows(output: str) -> dict[str, list[str]]:
+    """The --once summary: tenant -> cells (isolation, reached by, updates, done, dead, audit)."""
+    assert SUMMARY_TITLE in output, output
+    rows = _table_rows(output.split(SUMMARY_TITLE)[1])
+    return {t: [c.strip() for c in line.split("│")][2:-1] for t, line in rows.items()}
+
+
+def _check_summary(output: str, tenants: set[str]) -> None:
+    summary = _summary_rows(output)
+    assert set(summary) == tenants
+    for tenant, (_isolation, _way, updates, done, dead, audited) in summary.items():
+        assert int(done) > 0, tenant
+        assert done == audited, tenant  # one audit row per completed job
+        assert int(done) + int(dead) == int(updates), tenant
+    assert summary["acme"][4] == "1"  # the rename the search index refuses
+
+
 def test_demo_is_rerunnable_and_marks_its_tenants(invoke: Invoke, workdir: Path) -> None:
     for args in ([], [], ["--no-reset"]):
-        result = ok(invoke("demo", "--data-dir", "demo-data", *args))
+        result = ok(invoke("demo", "--data-dir", "demo-data", *DEMO_ONCE, *args))
         rows = _demo_rows(result.stdout)
         assert set(rows) == {"acme", "globex", "initech"}
         for tenant, line in rows.items():
@@ -338,6 +365,8 @@ def test_demo_is_rerunnable_and_marks_its_tenants(invoke: Invoke, workdir: Path)
         assert "all 3 tenants saw exactly their own rows" in result.stdout
         assert str(workdir / "demo-data") in result.stdout
         assert "skipping 'umbrella'" in result.stdout
+        if not args:
+            _check_summary(result.stdout, {"acme", "globex", "initech"})
 
     env = {"TENANTRY_DATABASE_URL": "sqlite:///demo-data/default.db"}
     listed = tenants_json(invoke, env=env)
@@ -410,7 +439,7 @@ def _console_script() -> Path:
 def test_console_script_runs_the_demo(workdir: Path) -> None:
     data_dir = workdir / "script-demo"
     proc = subprocess.run(
-        [str(_console_script()), "demo", "--data-dir", str(data_dir)],
+        [str(_console_script()), "demo", "--data-dir", str(data_dir), *DEMO_ONCE],
         cwd=workdir,
         env=_script_env(),
         capture_output=True,
@@ -426,6 +455,7 @@ def test_console_script_runs_the_demo(workdir: Path) -> None:
     assert all("yes" in line for line in rows.values())
     assert f"demo data is in {data_dir}" in proc.stdout
     assert (data_dir / "default_tenants" / "initech.db").exists()
+    _check_summary(proc.stdout, {"acme", "globex", "initech"})
 
 
 def test_console_script_error_is_one_line(workdir: Path) -> None:
@@ -502,11 +532,12 @@ def test_cli_init_and_demo_on_postgresql(
     assert "postgres:***@" in init.stdout
     assert "${SOME_SECRET}" in (workdir / "tenantry.toml").read_text()
 
-    demo = ok(invoke("demo"))
+    demo = ok(invoke("demo", *DEMO_ONCE))
     rows = _demo_rows(demo.stdout)
     assert set(rows) == {"acme", "globex", "initech", "umbrella"}
     assert all("yes" in line for line in rows.values())
     assert "schema" in rows["umbrella"]
+    _check_summary(demo.stdout, {"acme", "globex", "initech", "umbrella"})
     listed = ok(invoke("tenants", "list"))
     assert "umbrella" in listed.stdout
     assert all(secret not in r.output for r in (init, demo, listed))

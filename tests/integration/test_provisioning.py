@@ -250,3 +250,56 @@ def test_concurrent_first_catalog_setups_all_succeed(
         thread.join()
     assert errors == []
     assert first.list_tenants() == []
+
+
+def test_sqlite_shared_tables_are_created_even_when_another_connection_commits_meanwhile(
+    make_tenantry: TenantryFactory,
+) -> None:
+    """Creating the shared tables reads the schema, then writes it, in one transaction.
+
+    On SQLite a transaction begun with a plain BEGIN reads a snapshot; if any
+    other connection commits before its first write (a worker in the same
+    process polls all the time), SQLite refuses the write at once with
+    "database is locked". So the first shared tenant created while a worker ran
+    could fail. The DDL transaction now starts as a write transaction.
+    """
+    import sqlite3
+    from contextlib import closing
+
+    from sqlalchemy import event
+
+    t = make_tenantry("sqlite")
+    t.setup()
+    path = t.default_store.engine().url.database
+    assert path is not None
+    with closing(sqlite3.connect(path)) as side, side:
+        side.execute("CREATE TABLE side_writes (n INTEGER)")
+    committed: list[int] = []
+
+    def other_connection_commits() -> None:
+        with closing(sqlite3.connect(path, timeout=10)) as side, side:
+            side.execute("INSERT INTO side_writes VALUES (1)")
+        committed.append(1)
+
+    writers: list[threading.Thread] = []
+
+    def before(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if "CREATE TABLE" in statement and not writers:
+            writer = threading.Thread(target=other_connection_commits)
+            writers.append(writer)
+            writer.start()
+            writer.join(1.0)  # done at once unless this transaction holds the write lock
+
+    engine = t.default_store.admin_engine()
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        t.create_tenant("acme", isolation="shared")
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+        for writer in writers:
+            writer.join(15)
+    assert writers, "no CREATE TABLE was issued: the test did not test anything"
+    assert committed == [1]  # the other connection got its turn afterwards
+    with tenant_context("acme"), t.session() as s:
+        s.add(Note(body="works"))
+        s.commit()

@@ -540,21 +540,72 @@ def delete_tenant(state: CliState, tenant_id: str, yes: bool) -> None:
     show_default=True,
     help="Delete the demo tenants of an earlier run first.",
 )
+@click.option(
+    "--once", is_flag=True, help="Stop when the demo's jobs are done and print a summary."
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port of the service (dashboard, admin API); 0: any free port.",
+)
+@click.option(
+    "--app-port",
+    default=8001,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port of the demo's product-catalogue app; 0: any free port.",
+)
 @click.pass_obj
-def demo(state: CliState, data_dir: str | None, reset: bool) -> None:
-    """Run a self-checking tenant isolation demo.
+def demo(
+    state: CliState,
+    data_dir: str | None,
+    reset: bool,
+    once: bool,
+    host: str,
+    port: int,
+    app_port: int,
+) -> None:
+    """Run the demo: tenants in each isolation mode, the catalogue app and the service.
 
-    Tenants in every isolation mode the store supports write rows, then each
-    reads back what it can see; exits 1 if any tenant sees another's rows.
+    First a self-check: each tenant writes rows and reads back only its own
+    (exits 1 if any tenant sees another's). Then the product-catalogue app and
+    the tenantry service (dashboard, admin API, embedded worker) start, some
+    traffic flows through the app, and their URLs are printed. Serves until
+    Ctrl-C, or with --once until the demo's jobs are done.
     """
     if data_dir is not None:
         state.use_config(TenantryConfig.sqlite_default(data_dir))
     tenantry = state.tenantry(tenant_metadata=DemoBase.metadata)
     state.target_store = tenantry.default_store.name
-    rows = run_demo(tenantry, make_console(), reset=reset)
+    console = make_console()
+    try:
+        rows = run_demo(tenantry, console, reset=reset)
+    except KeyboardInterrupt:
+        raise click.Abort() from None
     leaked = [row["tenant"] for row in rows if not row["only_own_rows"]]
     if leaked:
         raise CliError(f"isolation check failed: {', '.join(leaked)} saw foreign rows")
+    try:
+        from tenantry.demo_app.runner import run_catalogue_demo
+    except ImportError as exc:
+        raise CliError(
+            f"the demo's app and service need the 'serve' extra ({exc.name} is missing): "
+            "pip install 'tenantry[serve]'"
+        ) from exc
+    demo_tenants = [tenantry.get_tenant(row["tenant"]) for row in rows]
+    logger = logging.getLogger("tenantry")
+    if logger.level >= logging.WARNING:  # without -v: the doomed job's retries are expected
+        logger.setLevel(logging.ERROR)
+    result = asyncio.run(
+        run_catalogue_demo(
+            tenantry, demo_tenants, console, once=once, host=host, port=port, app_port=app_port
+        )
+    )
+    if result.problems:
+        raise CliError("demo check failed: " + "; ".join(result.problems))
 
 
 # -- queue ----------------------------------------------------------------------------
@@ -712,6 +763,186 @@ def worker(
         log.warning(
             "%d sync handler thread(s) still running; their jobs were released. Exiting.",
             runner.busy_threads,
+        )
+        logging.shutdown()
+        os._exit(0)
+
+
+# -- serve ----------------------------------------------------------------------------
+def _service_modules() -> Any:
+    """The service package, or a clear error when the 'serve' extra is not installed."""
+    try:
+        import tenantry.service.serving as serving
+    except ImportError as exc:
+        raise CliError(
+            f"tenantry serve needs the 'serve' extra ({exc.name} is missing): "
+            "pip install 'tenantry[serve]'"
+        ) from exc
+    return serving
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free."
+)
+@click.option(
+    "--app",
+    "app_ref",
+    default=None,
+    metavar="MODULE:REGISTRY",
+    help="The application's JobRegistry: enables enqueueing and the embedded worker.",
+)
+@click.option("--no-worker", is_flag=True, help="Serve the API and dashboard only, run no worker.")
+@click.option(
+    "--admin-token",
+    envvar="TENANTRY_ADMIN_TOKEN",
+    show_envvar=True,
+    default=None,
+    metavar="TOKEN",
+    help="Bearer token for the admin API and the dashboard login (prefer the variable).",
+)
+@click.option(
+    "--insecure-dev",
+    is_flag=True,
+    help="Run WITHOUT an admin token (loopback addresses only; loudly logged).",
+)
+@click.option(
+    "--metrics-token",
+    envvar="TENANTRY_METRICS_TOKEN",
+    show_envvar=True,
+    default=None,
+    metavar="TOKEN",
+    help="A token that opens /metrics only (the admin token always works).",
+)
+@click.option("--public-metrics", is_flag=True, help="Serve /metrics without any token.")
+@click.option(
+    "--session-secret",
+    envvar="TENANTRY_SESSION_SECRET",
+    show_envvar=True,
+    default=None,
+    metavar="SECRET",
+    help="Key for dashboard session cookies (default: random; sessions end on restart).",
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Jobs the embedded worker runs at once.",
+)
+@click.option(
+    "--grace",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds running jobs get to finish at shutdown.",
+)
+@click.option(
+    "--poll",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.01),
+    help="Worker polling interval when no wake-up arrives.",
+)
+@click.option(
+    "--top-tenants",
+    default=50,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Tenants with their own /metrics labels; the rest are summed as '_other'.",
+)
+@click.pass_obj
+def serve(
+    state: CliState,
+    host: str,
+    port: int,
+    app_ref: str | None,
+    no_worker: bool,
+    admin_token: str | None,
+    insecure_dev: bool,
+    metrics_token: str | None,
+    public_metrics: bool,
+    session_secret: str | None,
+    concurrency: int,
+    grace: float,
+    poll: float,
+    top_tenants: int,
+) -> None:
+    """Run the admin API, dashboard, /metrics and an embedded worker in one process.
+
+    Needs an admin token (TENANTRY_ADMIN_TOKEN); without --app no worker runs
+    and nothing can be enqueued through the API. Stops on SIGTERM/SIGINT,
+    giving running jobs --grace seconds.
+    """
+    serving = _service_modules()
+    from tenantry.service import ServiceSettings, create_app
+    from tenantry.service.app import INSECURE_BANNER
+
+    if insecure_dev and admin_token is None and not serving.is_loopback(host):
+        raise CliError(
+            f"--insecure-dev serves only on a loopback address (127.0.0.1, ::1, localhost), "
+            f"not {host!r}: set an admin token to listen there"
+        )
+    settings = ServiceSettings(
+        admin_token=admin_token,
+        insecure_dev=insecure_dev,
+        metrics_token=metrics_token,
+        metrics_public=public_metrics,
+        session_secret=session_secret.encode() if session_secret else None,
+        top_tenants=top_tenants,
+    )
+    registry = None
+    if app_ref is not None:
+        _import_from_cwd()
+        registry = import_object(app_ref)
+        if not isinstance(registry, JobRegistry):
+            raise CliError(f"{app_ref} is not a tenantry JobRegistry")
+    logger = logging.getLogger("tenantry")
+    if logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    tenantry = state.tenantry()
+    state.target_store = tenantry.default_store.name
+    if settings.open_admin:
+        click.secho(f"WARNING: {INSECURE_BANNER}", fg="red", bold=True, err=True)
+    app = create_app(
+        tenantry,
+        registry,
+        settings=settings,
+        run_worker=not no_worker,
+        worker_options={"concurrency": concurrency, "shutdown_grace": grace, "poll_interval": poll},
+    )
+    try:
+        sock = serving.bind(host, port)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    url = serving.url_of(sock)
+    worker_note = (
+        "no worker (--no-worker)"
+        if no_worker
+        else f"embedded worker for {app_ref}"
+        if registry is not None
+        else "no worker (no --app)"
+    )
+    click.echo(
+        f"tenantry service on {url} ({worker_note})\n"
+        f"  dashboard  {url}/dashboard/\n"
+        f"  API docs   {url}/docs\n"
+        f"  metrics    {url}/metrics"
+    )
+    server = serving.ServiceServer(serving.config(app))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if not server.started:
+        raise CliError("the service did not start (see the log above)")
+    worker_obj = app.state.service.worker
+    if worker_obj is not None and worker_obj.busy_threads:
+        log.warning(
+            "%d sync handler thread(s) still running; their jobs were released. Exiting.",
+            worker_obj.busy_threads,
         )
         logging.shutdown()
         os._exit(0)

@@ -45,7 +45,11 @@ class SharedIsolation:
         with _prepare_lock:
             if store.prepared_shared_tables:
                 return
-            with store.admin_engine().begin() as conn:
+            # On SQLite the transaction starts as a write (BEGIN IMMEDIATE): create_all
+            # reads the schema before it writes, and a plain BEGIN would be refused
+            # ("database is locked") if another connection committed in between.
+            engine = store.admin_engine().execution_options(sqlite_begin="BEGIN IMMEDIATE")
+            with engine.begin() as conn:
                 if store.is_postgres:
                     # Serialise concurrent preparers across processes.
                     pg.ddl_lock(conn)

@@ -9,7 +9,13 @@ from tenantry.queue.job import Job, JobState
 from tenantry.queue.registry import Handler, JobRegistry
 from tenantry.queue.retry import RetryPolicy
 from tenantry.queue.stats import QueueStats, TenantQueueStats
-from tenantry.queue.worker import JobTimeoutError, TenantCounters, Worker, WorkerStats
+from tenantry.queue.worker import (
+    JobTimeoutError,
+    TenantCounters,
+    Worker,
+    WorkerObserver,
+    WorkerStats,
+)
 
 __all__ = [
     "EnqueuedJob",
@@ -26,5 +32,6 @@ __all__ = [
     "TenantCounters",
     "TenantQueueStats",
     "Worker",
+    "WorkerObserver",
     "WorkerStats",
 ]

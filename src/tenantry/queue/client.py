@@ -125,6 +125,12 @@ class Queue:
             raise ConfigError("max_attempts must be at least 1")
         if idempotency_key is not None and (not idempotency_key or len(idempotency_key) > 200):
             raise ConfigError("idempotency_key must be 1-200 characters")
+        # The columns' sizes: PostgreSQL would refuse longer values mid-transaction
+        # (and SQLite would keep them), so they are refused before anything is written.
+        if queue is not None and not 1 <= len(queue) <= 100:
+            raise ConfigError("queue must be 1-100 characters")
+        if correlation_id is not None and len(correlation_id) > 200:
+            raise ConfigError("correlation_id must be at most 200 characters")
         prio = handler.priority if priority is None else priority
         if not -32768 <= prio <= 32767:
             raise ConfigError("priority must be between -32768 and 32767")

@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import psycopg
 from sqlalchemy import Connection
@@ -138,6 +138,25 @@ class _Backoff:
             log.info("source %s is reachable again", key)
 
 
+class WorkerObserver(Protocol):
+    """Receives what the worker measures, e.g. for Prometheus (``tenantry serve``).
+
+    The worker keeps only counters of its own; durations and latencies would
+    otherwise be lost. Methods are called on the worker's event loop, so they
+    must be quick and must not block. An exception they raise is logged and
+    ignored: metrics must never stop jobs.
+    """
+
+    def claimed(self, jobs: Sequence[Job], seconds: float) -> None:
+        """A claim transaction returned *jobs* after *seconds* (also when it found none)."""
+
+    def handler_finished(self, job: Job, seconds: float, error: BaseException | None) -> None:
+        """The handler of *job* returned (``error`` is None) or raised after *seconds*."""
+
+    def outcome(self, job: Job, outcome: str) -> None:
+        """An attempt ended ``completed``, ``retried``, ``dead`` or ``lost``."""
+
+
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -169,6 +188,7 @@ class Worker:
         idle_poll_max: float = 2.0,
         full_sync_interval: float = 300.0,
         worker_id: str | None = None,
+        observer: WorkerObserver | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -194,6 +214,7 @@ class Worker:
         self.idle_poll_max = idle_poll_max
         self.full_sync_interval = full_sync_interval
         self.worker_id = worker_id or _default_worker_id()
+        self.observer = observer
         self.stats = WorkerStats()
         #: Per-tenant counters of this worker (the database-wide view is Queue.stats()).
         self.tenant_stats: dict[str, TenantCounters] = {}
@@ -457,6 +478,7 @@ class Worker:
         self._recent[tenant_id] = (value * 0.5 ** ((now - at) / LOAD_HALF_LIFE) + 1.0, now)
 
     async def _claim_into(self, source: JobSource, limit: int) -> int:
+        started = time.perf_counter()
         try:
             jobs = await self._claim(source, limit)
         except DB_ERRORS as exc:
@@ -465,6 +487,7 @@ class Worker:
                 "claim from %s failed (%s); retrying in %.1fs", source.key, _short(exc), delay
             )
             return 0
+        self._observe("claimed", jobs, time.perf_counter() - started)
         self._backoff.ok(source.key)
         if jobs:
             self._idle.pop(source.key, None)
@@ -528,6 +551,14 @@ class Worker:
         if source.tenant_id is not None or self.tenant_filter is None:
             return None
         return self.tenant_filter
+
+    def _observe(self, event: str, *args: Any) -> None:
+        if self.observer is None:
+            return
+        try:
+            getattr(self.observer, event)(*args)
+        except Exception:  # a metrics bug must not stop jobs
+            log.exception("worker observer failed on %s", event)
 
     def _counters(self, tenant_id: str) -> TenantCounters:
         counters = self.tenant_stats.get(tenant_id)
@@ -607,20 +638,26 @@ class Worker:
             return
         ctx = JobContext(job=job, tenantry=self.tenantry, worker_id=self.worker_id, logger=log)
         held.ctx = ctx
+        started = time.perf_counter()
         try:
             await self._call(handler, ctx, payload, source)
         except LeaseLostError as exc:
+            self._observe("handler_finished", job, time.perf_counter() - started, exc)
             self._forget(held)
             self.stats.lost += 1
+            self._observe("outcome", job, "lost")
             log.warning("job %s: %s", job.id, exc)
             return
         except Exception as exc:  # handler failures (and JobTimeoutError) are data
+            self._observe("handler_finished", job, time.perf_counter() - started, exc)
             await self._record_failure(held, exc, handler.retry)
             return
+        self._observe("handler_finished", job, time.perf_counter() - started, None)
         if handler.transactional:
             self._forget(held)
             self.stats.completed += 1
             self._counters(job.tenant_id).completed += 1
+            self._observe("outcome", job, "completed")
         elif (source.key, job.id) in self._held:  # not abandoned meanwhile (_abandon)
             held.done = True
             self._to_complete.setdefault(source.key, []).append(held)
@@ -734,16 +771,19 @@ class Worker:
         self._forget(held)
         if not ok:
             self.stats.lost += 1
+            self._observe("outcome", job, "lost")
             log.warning("job %s: lease lost before its failure could be recorded", job.id)
         elif dead:
             self.stats.dead += 1
             self._counters(job.tenant_id).dead += 1
+            self._observe("outcome", job, "dead")
             log.error(
                 "job %s (%s) is dead after attempt %d: %s", job.id, job.kind, job.attempt, exc
             )
         else:
             self.stats.retried += 1
             self._counters(job.tenant_id).failed += 1
+            self._observe("outcome", job, "retried")
             log.warning(
                 "job %s (%s) failed attempt %d/%d, retry at %s: %s",
                 job.id,
@@ -817,8 +857,10 @@ class Worker:
             if held.job.id in done:
                 self.stats.completed += 1
                 self._counters(held.job.tenant_id).completed += 1
+                self._observe("outcome", held.job, "completed")
             else:
                 self.stats.lost += 1
+                self._observe("outcome", held.job, "lost")
                 log.warning("job %s finished but its lease had been taken over", held.job.id)
 
     # -- leases ---------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import Connection, event, func, select
 
 from tenantry import (
+    ConfigError,
     JobStateError,
     PayloadValidationError,
     TenantNotSetError,
@@ -358,3 +359,22 @@ def test_bulk_rows_round_trip_every_value_type(
         {"nested": {"x": "y"}},
     ]
     assert all(queue.get_job("acme", j.id).errors == [] for j in docs)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_overlong_queue_names_and_correlation_ids_are_refused_up_front(
+    make_tenantry: TenantryFactory, backend: str
+) -> None:
+    """They were written as given: a database error on PostgreSQL, silently kept on SQLite."""
+    env = build_env(make_tenantry, backend, "shared", noop_registry())
+    with tenant_context("acme"):
+        refused: list[dict[str, Any]] = [
+            {"queue": "q" * 101},
+            {"queue": ""},
+            {"correlation_id": "c" * 201},
+        ]
+        for options in refused:
+            with pytest.raises(ConfigError):
+                env.queue.enqueue("record", {"n": 1}, **options)
+        env.queue.enqueue("record", {"n": 1}, queue="q" * 100, correlation_id="c" * 200)
+    assert env.total("acme") == 1

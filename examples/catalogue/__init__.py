@@ -1,0 +1,1 @@
+"""The product-catalogue example: see README.md beside this file."""

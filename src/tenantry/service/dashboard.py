@@ -1,0 +1,448 @@
+"""The dashboard: server-rendered pages under ``/dashboard``.
+
+No front-end build and no third-party script: Jinja2 templates (autoescaped),
+plain HTML forms for actions and one small inline script that polls the
+overview's HTML fragment every couple of seconds.
+
+Security:
+
+* **Login.** The admin token is typed into the login form once; the browser
+  then holds an HttpOnly, SameSite=Strict session cookie signed with an HMAC
+  (:mod:`tenantry.service.auth`), never the token itself.
+* **CSRF.** Every POST form carries a token bound to the session, checked with
+  ``hmac.compare_digest``. SameSite=Strict alone would leave older browsers
+  exposed.
+* **Headers.** A Content-Security-Policy with a per-response nonce (no other
+  script can run), ``frame-ancestors 'none'`` against click-jacking of the
+  retry buttons, ``no-store`` caching and no referrer.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, Any
+from urllib.parse import parse_qs, quote, urlencode
+
+from fastapi import APIRouter, Path, Request
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from tenantry.catalog import Tenant
+from tenantry.errors import AuthenticationError, TenantryError
+from tenantry.ids import validate_tenant_id
+from tenantry.queue import Job, JobState, TenantQueueStats
+from tenantry.service.auth import SESSION_COOKIE, DashboardSession
+from tenantry.service.chart import throughput_svg
+from tenantry.service.errors import status_for
+from tenantry.service.state import ServiceState, service_of
+
+JobId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+PAGE_SIZE = 50
+TENANT_ROWS = 100
+MAX_FORM_BYTES = 16 * 1024
+
+NOTICES: dict[str, str] = {
+    "retried": "Job {n} was requeued.",
+    "cancelled": "Job {n} was cancelled.",
+    "retried_dead": "{n} dead job(s) were requeued.",
+    "suspended": "The tenant was suspended.",
+    "resumed": "The tenant was resumed.",
+    "logged_out": "You are logged out.",
+}
+
+_env = Environment(
+    loader=PackageLoader("tenantry.service", "templates"),
+    autoescape=select_autoescape(["html"], default=True),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+_env.filters["age"] = _age
+_env.filters["when"] = _when
+_env.filters["pretty_json"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
+
+
+class LoginRequired(AuthenticationError):
+    """The dashboard page needs a logged-in session (the browser is sent to the login form)."""
+
+    def __init__(self, next_path: str, *, fragment: bool = False) -> None:
+        super().__init__()
+        self.next_path = next_path
+        self.fragment = fragment
+
+
+class CsrfError(AuthenticationError):
+    """The form's CSRF token is missing or does not belong to this session."""
+
+
+def safe_next(value: str | None) -> str:
+    """A local dashboard path to go back to; anything else becomes the overview."""
+    if (
+        not value
+        or not value.startswith("/dashboard")
+        or "//" in value
+        or "\\" in value
+        or any(ord(c) < 0x20 for c in value)
+        or len(value) > 500
+    ):
+        return "/dashboard/"
+    return value
+
+
+def _here(request: Request) -> str:
+    query = request.url.query
+    return request.url.path + (f"?{query}" if query else "")
+
+
+def session_of(request: Request, *, fragment: bool = False) -> DashboardSession:
+    svc = service_of(request)
+    found = svc.auth.session(request.cookies.get(SESSION_COOKIE))
+    if found is None:
+        raise LoginRequired(_here(request), fragment=fragment)
+    return found
+
+
+def render(
+    request: Request,
+    template: str,
+    *,
+    session: DashboardSession | None,
+    status: int = 200,
+    **context: Any,
+) -> HTMLResponse:
+    svc = service_of(request)
+    nonce = secrets.token_urlsafe(16)
+    notice = None
+    code = request.query_params.get("notice")
+    if code in NOTICES:
+        count = request.query_params.get("n", "")
+        notice = NOTICES[code].format(n=int(count) if count.isdigit() else "")
+    html = _env.get_template(template).render(
+        request_path=request.url.path,
+        nonce=nonce,
+        session=session,
+        csrf=svc.auth.csrf_token(session) if session is not None else "",
+        insecure=svc.settings.open_admin,
+        notice=notice,
+        **context,
+    )
+    return HTMLResponse(html, status_code=status, headers=security_headers(nonce))
+
+
+def security_headers(nonce: str) -> dict[str, str]:
+    return {
+        "Content-Security-Policy": (
+            f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+            "img-src 'self' data:; connect-src 'self'; form-action 'self'; "
+            "frame-ancestors 'none'; base-uri 'none'"
+        ),
+        "X-Frame-Options": "DENY",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+    }
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """A urlencoded form body (first value of each field); oversized bodies are refused."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise TenantryError("form too large")
+    fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+    return {k: v[0] for k, v in fields.items()}
+
+
+async def checked_form(request: Request) -> tuple[DashboardSession, dict[str, str]]:
+    """The session and form of a dashboard POST whose CSRF token is right."""
+    session = session_of(request)
+    form = await read_form(request)
+    if not service_of(request).auth.csrf_ok(session, form.get("csrf")):
+        raise CsrfError()
+    return session, form
+
+
+def set_session_cookie(request: Request, response: Response) -> None:
+    svc = service_of(request)
+    response.set_cookie(
+        SESSION_COOKIE,
+        svc.auth.new_session(),
+        max_age=int(svc.settings.session_max_age),
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+
+
+router = APIRouter(prefix="/dashboard", include_in_schema=False)
+
+
+# -- login ---------------------------------------------------------------------------------
+@router.get("/login")
+async def login_form(request: Request) -> Response:
+    svc = service_of(request)
+    target = safe_next(request.query_params.get("next"))
+    if svc.auth.session(request.cookies.get(SESSION_COOKIE)) is not None:
+        return RedirectResponse(target, status_code=303)
+    if svc.settings.open_admin:  # --insecure-dev: no token to ask for
+        response = RedirectResponse(target, status_code=303)
+        set_session_cookie(request, response)
+        return response
+    return render(request, "login.html", session=None, next=target, error=None)
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    svc = service_of(request)
+    form = await read_form(request)
+    target = safe_next(form.get("next"))
+    if not svc.auth.login(form.get("token", "")):
+        return render(
+            request,
+            "login.html",
+            session=None,
+            status=401,
+            next=target,
+            error="That is not the admin token.",
+        )
+    response = RedirectResponse(target, status_code=303)
+    set_session_cookie(request, response)
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    await checked_form(request)
+    response = RedirectResponse("/dashboard/login?notice=logged_out", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+# -- overview ------------------------------------------------------------------------------
+async def _live_context(svc: ServiceState) -> dict[str, Any]:
+    stats = await svc.monitor.current()
+    tenants = await run_in_threadpool(svc.tenantry.list_tenants)
+    empty = TenantQueueStats("", window_seconds=stats.window_seconds)
+    rows = [(t, stats.tenants.get(t.id, empty)) for t in tenants]
+    rows.sort(key=lambda r: (-sum(r[1].depth.values()), r[0].id))
+    samples = list(svc.monitor.samples)
+    return {
+        "stats": stats,
+        "total": stats.total(),
+        "rows": rows[:TENANT_ROWS],
+        "hidden_rows": max(0, len(rows) - TENANT_ROWS),
+        "tenant_count": len(tenants),
+        "chart": throughput_svg(samples, capacity=svc.monitor.samples.maxlen or len(samples)),
+        "last_sample": samples[-1] if samples else None,
+        "seq": svc.monitor.seq,
+        "monitor_error": svc.monitor.last_error,
+        "worker": svc.worker,
+    }
+
+
+@router.get("/")
+async def overview(request: Request) -> Response:
+    session = session_of(request)
+    svc = service_of(request)
+    context = await _live_context(svc)
+    return render(
+        request,
+        "overview.html",
+        session=session,
+        interval_ms=int(svc.settings.sample_interval * 1000),
+        **context,
+    )
+
+
+@router.get("/live")
+async def live(request: Request) -> Response:
+    """The overview's live part alone: what the page's script swaps in every poll."""
+    session = session_of(request, fragment=True)
+    context = await _live_context(service_of(request))
+    return render(request, "_live.html", session=session, **context)
+
+
+# -- dead letters --------------------------------------------------------------------------
+def _page_args(request: Request) -> int:
+    raw = request.query_params.get("page", "1")
+    return min(max(int(raw), 1), 1000) if raw.isdigit() else 1
+
+
+def _tenant_param(request: Request) -> str | None:
+    value = request.query_params.get("tenant") or None
+    return None if value is None else validate_tenant_id(value)
+
+
+@router.get("/dead")
+async def dead_letters(request: Request) -> Response:
+    session = session_of(request)
+    svc = service_of(request)
+    tenant_id = _tenant_param(request)
+    page = _page_args(request)
+
+    def load() -> tuple[list[Job], list[Tenant]]:
+        jobs = svc.queue.list_jobs(
+            tenant_id=tenant_id,
+            state=JobState.DEAD,
+            limit=PAGE_SIZE + 1,
+            offset=(page - 1) * PAGE_SIZE,
+        )
+        return jobs, svc.tenantry.list_tenants()
+
+    jobs, tenants = await run_in_threadpool(load)
+    return render(
+        request,
+        "dead.html",
+        session=session,
+        jobs=jobs[:PAGE_SIZE],
+        more=len(jobs) > PAGE_SIZE,
+        page=page,
+        tenant_id=tenant_id,
+        tenants=tenants,
+        here=_here(request),
+        query=lambda **kw: urlencode({k: v for k, v in kw.items() if v}),
+    )
+
+
+# -- tenants and jobs ------------------------------------------------------------------------
+@router.get("/tenants/{tenant_id}")
+async def tenant_page(request: Request, tenant_id: str) -> Response:
+    session = session_of(request)
+    svc = service_of(request)
+    validate_tenant_id(tenant_id)
+    state_filter = request.query_params.get("state") or None
+    if state_filter is not None:
+        state_filter = JobState(state_filter).value if state_filter in set(JobState) else None
+    page = _page_args(request)
+
+    def load() -> dict[str, Any]:
+        tenant = svc.tenantry.get_tenant(tenant_id)
+        stats = svc.queue.stats(tenant_id=tenant_id).tenants[tenant_id]
+        jobs = svc.queue.list_jobs(
+            tenant_id=tenant_id,
+            state=state_filter,
+            limit=PAGE_SIZE + 1,
+            offset=(page - 1) * PAGE_SIZE,
+        )
+        keys = svc.tenantry.api_keys.list(tenant_id)
+        counts = svc.queue.count_jobs(tenant_id=tenant_id)
+        return {"tenant": tenant, "tstats": stats, "jobs": jobs, "keys": keys, "counts": counts}
+
+    data = await run_in_threadpool(load)
+    jobs = data.pop("jobs")
+    return render(
+        request,
+        "tenant.html",
+        session=session,
+        jobs=jobs[:PAGE_SIZE],
+        more=len(jobs) > PAGE_SIZE,
+        page=page,
+        state_filter=state_filter,
+        states=[s.value for s in JobState],
+        here=_here(request),
+        quote=quote,
+        **data,
+    )
+
+
+@router.get("/tenants/{tenant_id}/jobs/{job_id}")
+async def job_page(request: Request, tenant_id: str, job_id: JobId) -> Response:
+    session = session_of(request)
+    svc = service_of(request)
+    validate_tenant_id(tenant_id)
+    job = await run_in_threadpool(svc.queue.get_job, tenant_id, job_id)
+    return render(request, "job.html", session=session, job=job, here=_here(request))
+
+
+# -- actions ---------------------------------------------------------------------------------
+def _done(form: dict[str, str], notice: str, n: int | None = None) -> RedirectResponse:
+    target = safe_next(form.get("next"))
+    query = urlencode({"notice": notice, **({"n": n} if n is not None else {})})
+    sep = "&" if "?" in target else "?"
+    return RedirectResponse(f"{target}{sep}{query}", status_code=303)
+
+
+async def _act(
+    request: Request, action: Callable[[ServiceState], Any], notice: str, n: int | None = None
+) -> Response:
+    _session, form = await checked_form(request)
+    result = await run_in_threadpool(action, service_of(request))
+    return _done(form, notice, result if isinstance(result, int) and n is None else n)
+
+
+@router.post("/tenants/{tenant_id}/jobs/{job_id}/retry")
+async def retry_job(request: Request, tenant_id: str, job_id: JobId) -> Response:
+    validate_tenant_id(tenant_id)
+    return await _act(request, lambda s: s.queue.retry_job(tenant_id, job_id), "retried", job_id)
+
+
+@router.post("/tenants/{tenant_id}/jobs/{job_id}/cancel")
+async def cancel_job(request: Request, tenant_id: str, job_id: JobId) -> Response:
+    validate_tenant_id(tenant_id)
+    return await _act(request, lambda s: s.queue.cancel_job(tenant_id, job_id), "cancelled", job_id)
+
+
+@router.post("/tenants/{tenant_id}/retry-dead")
+async def retry_dead(request: Request, tenant_id: str) -> Response:
+    validate_tenant_id(tenant_id)
+    return await _act(request, lambda s: s.queue.retry_dead(tenant_id), "retried_dead")
+
+
+@router.post("/tenants/{tenant_id}/suspend")
+async def suspend(request: Request, tenant_id: str) -> Response:
+    validate_tenant_id(tenant_id)
+    return await _act(request, lambda s: s.tenantry.suspend_tenant(tenant_id), "suspended")
+
+
+@router.post("/tenants/{tenant_id}/resume")
+async def resume(request: Request, tenant_id: str) -> Response:
+    validate_tenant_id(tenant_id)
+    return await _act(request, lambda s: s.tenantry.resume_tenant(tenant_id), "resumed")
+
+
+# -- errors ------------------------------------------------------------------------------------
+async def dashboard_error(request: Request, exc: Exception) -> Response:
+    """Errors on dashboard pages: the login redirect, or an HTML error page."""
+    if isinstance(exc, LoginRequired):
+        if exc.fragment:
+            return Response("login required", status_code=401, media_type="text/plain")
+        target = "/dashboard/login?" + urlencode({"next": safe_next(exc.next_path)})
+        return RedirectResponse(target, status_code=303)
+    if isinstance(exc, CsrfError):
+        status, message = 403, "The form has expired or did not come from this dashboard."
+    else:
+        found = status_for(exc)
+        status = found[0] if found else 500
+        message = str(exc) if found and status < 500 else "Internal error (see the service log)."
+    svc = service_of(request)
+    session = svc.auth.session(request.cookies.get(SESSION_COOKIE))
+    return render(
+        request, "error.html", session=session, status=status, message=message, code=status
+    )
+
+
+DashboardHandler = Callable[[Request, Exception], Awaitable[Response]]

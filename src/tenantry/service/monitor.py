@@ -1,0 +1,101 @@
+"""Periodic samples of the queue for the dashboard's live overview and chart.
+
+The jobs tables are the only place that sees every worker, so the samples
+come from :meth:`Queue.stats`, not from the embedded worker's counters. Each
+sample counts the jobs that finished since the previous one (``finished_at``
+in that interval), so the throughput chart shows every worker's completions
+exactly once, however the sampling drifts. Samples are kept in memory only:
+the chart starts empty after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from tenantry.logs import get_logger
+from tenantry.queue import Queue, QueueStats
+from tenantry.queue.job import utcnow
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What happened in one interval ending at ``at``, and the depth at its end."""
+
+    at: datetime
+    seconds: float
+    completed: int
+    dead: int
+    failed: int
+    depth: int
+    running: int
+
+    @property
+    def throughput(self) -> float:
+        """Completed jobs per second in this interval."""
+        return self.completed / self.seconds if self.seconds > 0 else 0.0
+
+
+class Monitor:
+    """Keeps the latest :class:`QueueStats` and a bounded series of :class:`Sample`."""
+
+    def __init__(self, queue: Queue, *, interval: float, keep: int, window: float) -> None:
+        self.queue = queue
+        self.interval = interval
+        self.window = window
+        self.samples: deque[Sample] = deque(maxlen=keep)
+        self.latest: QueueStats | None = None
+        self.seq = 0  # bumps with every refresh; the dashboard shows it to prove liveness
+        self.last_error: str | None = None
+        self._lock = asyncio.Lock()
+
+    async def run(self) -> None:
+        """Refresh every ``interval`` seconds until cancelled; a failed refresh is retried."""
+        while True:
+            with contextlib.suppress(Exception):
+                await self.refresh()
+            await asyncio.sleep(self.interval)
+
+    async def current(self) -> QueueStats:
+        """The latest stats if fresh (younger than two intervals), else a new reading."""
+        latest = self.latest
+        if latest is not None and (utcnow() - latest.at).total_seconds() < 2 * self.interval:
+            return latest
+        return await self.refresh()
+
+    async def refresh(self) -> QueueStats:
+        async with self._lock:
+            try:
+                stats, sample = await asyncio.to_thread(self._take)
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                log.warning("queue statistics could not be read: %s", self.last_error)
+                raise
+            self.last_error = None
+            self.latest = stats
+            self.samples.append(sample)
+            self.seq += 1
+            return stats
+
+    def _take(self) -> tuple[QueueStats, Sample]:
+        previous = self.samples[-1].at if self.samples else None
+        stats = self.queue.stats(window=timedelta(seconds=self.window))
+        since = previous or stats.at - timedelta(seconds=self.interval)
+        span = max(utcnow() - since, timedelta(milliseconds=1))
+        recent = self.queue.stats(window=span).total()
+        total = stats.total()
+        sample = Sample(
+            at=stats.at,
+            seconds=span.total_seconds(),
+            completed=recent.completed,
+            dead=recent.dead,
+            failed=recent.failed_attempts,
+            depth=sum(total.depth.values()),
+            running=total.running,
+        )
+        return stats, sample
