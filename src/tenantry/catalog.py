@@ -44,6 +44,8 @@ class TenantStatus(StrEnum):
     ACTIVE = "active"
     SUSPENDED = "suspended"
     DELETING = "deleting"
+    #: Its tables are being migrated: sessions refuse (retryably), jobs wait.
+    MIGRATING = "migrating"
 
 
 class IsolationMode(StrEnum):

@@ -51,6 +51,10 @@ class TenantSuspendedError(TenantUnavailableError):
     """The tenant is suspended; its data cannot be opened until it is resumed."""
 
 
+class TenantMigratingError(TenantUnavailableError):
+    """The tenant's tables are being migrated; retry in a moment."""
+
+
 class UnsupportedIsolation(TenantryError):
     """The store's database does not support this isolation mode."""
 
@@ -121,3 +125,31 @@ class LeaseLostError(QueueError):
 
 class JobStateError(QueueError):
     """The job is not in a state that allows this operation."""
+
+
+class MigrationError(TenantryError):
+    """A schema migration could not be run."""
+
+
+class MigrationFailedError(MigrationError):
+    """One or more tenants failed to migrate (the others are reported separately)."""
+
+
+class ExportError(TenantryError):
+    """A tenant export or import failed."""
+
+
+class ExportCorruptError(ExportError):
+    """The export file is damaged or truncated; nothing was imported."""
+
+
+class ExportChecksumError(ExportCorruptError):
+    """The export file's content does not match its checksums; nothing was imported."""
+
+
+class ExportFormatError(ExportError):
+    """The export file is not in a format (or format version) this tenantry reads."""
+
+
+class ExportRevisionError(ExportError):
+    """The export was taken at another migration revision than this application's head."""
