@@ -324,11 +324,11 @@ class Migrator:
         if target.kind is not TargetKind.SCHEMA:
             return store.admin_engine().execution_options(**immediate), False
         with lock:
-            engine = engines.get(store.name)
-            if engine is None:
-                engine = engines[store.name] = store.pooled_admin_engine(size)
+            pooled = engines.get(store.name)
+            if pooled is None:
+                pooled = engines[store.name] = store.pooled_admin_engine(size)
         translate = {TENANT_SCHEMA: target.schema, TENANTRY_SCHEMA: TENANTRY_SCHEMA}
-        return engine.execution_options(schema_translate_map=translate), False
+        return pooled.execution_options(schema_translate_map=translate), False
 
     def _migrate(
         self,

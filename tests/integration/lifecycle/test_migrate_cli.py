@@ -1,0 +1,141 @@
+"""``tenantry migrate`` as an operator runs it: scaffold, write a revision with Alembic, apply."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from tenantry.cli.main import cli
+from tests.integration.lifecycle.support import ADD_COLOR, UNIQUE_BODY
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for name in ("TENANTRY_CONFIG", "TENANTRY_DATABASE_URL", "TENANTRY_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def ok(result: Result) -> Result:
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _alembic(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", *args], cwd=cwd, capture_output=True, text=True
+    )
+
+
+def _revision(project: Path, rev_id: str, body: str) -> Path:
+    """``alembic revision`` in the scaffolded directory, then fill in upgrade()."""
+    made = _alembic(
+        "-c",
+        "migrations/tenant/alembic.ini",
+        "revision",
+        "-m",
+        rev_id,
+        "--rev-id",
+        rev_id,
+        cwd=project,
+    )
+    assert made.returncode == 0, made.stderr
+    (path,) = (project / "migrations" / "tenant" / "versions").glob(f"*{rev_id}*.py")
+    text = path.read_text()
+    indented = "\n".join("    " + line for line in body.strip().splitlines())
+    path.write_text(
+        text.replace("def upgrade() -> None:\n    pass", f"def upgrade() -> None:\n{indented}", 1)
+    )
+    return path
+
+
+def _setup(project: Path) -> None:
+    ok(run("migrate", "init", "migrations"))
+    (project / "tenantry.toml").write_text(
+        "[tenantry]\n"
+        'tenant_metadata = "tests.models:TenantBase"\n'
+        'tenant_migrations = "migrations/tenant"\n'
+        'global_migrations = "migrations/global"\n\n'
+        "[stores.default]\n"
+        f'url = "sqlite:///{project / "data" / "main.db"}"\n'
+    )
+
+
+def test_scaffold_revision_status_and_migrate(project: Path) -> None:
+    _setup(project)
+    assert (project / "migrations" / "tenant" / "env.py").exists()
+    assert (project / "migrations" / "global" / "script.py.mako").exists()
+    for tid, mode in (("acme", "shared"), ("globex", "database"), ("initech", "database")):
+        ok(run("tenants", "create", tid, "--isolation", mode))
+    _revision(project, "c1", ADD_COLOR)
+
+    status = json.loads(ok(run("migrate", "--status", "--json")).stdout)
+    tenant_rows = [r for r in status if r["kind"] != "global"]
+    assert {(r["target"], r["revision"], r["head"], r["behind"]) for r in tenant_rows} == {
+        ("(shared tables on default)", None, "c1", True),
+        ("globex", None, "c1", True),
+        ("initech", None, "c1", True),
+    }
+    table = ok(run("migrate", "--status")).stdout
+    assert "(none)" in table
+    assert "c1" in table
+
+    out = ok(run("migrate", "--parallel", "2")).stdout
+    assert "globex" in out
+    assert "upgraded" in out
+    assert "3 upgraded" in out
+
+    status = json.loads(ok(run("migrate", "--status", "--json")).stdout)
+    assert {r["revision"] for r in status if r["kind"] != "global"} == {"c1"}
+    assert "0 upgraded" not in ok(run("migrate")).stdout  # nothing to do
+    assert "4 already at head" in ok(run("migrate")).stdout  # and the global tables
+
+    # The scaffolded env.py refuses an online `alembic upgrade` and renders --sql.
+    refused = _alembic("-c", "migrations/tenant/alembic.ini", "upgrade", "head", cwd=project)
+    assert refused.returncode != 0
+    assert "tenantry migrate" in refused.stderr
+    sql = _alembic("-c", "migrations/tenant/alembic.ini", "upgrade", "head", "--sql", cwd=project)
+    assert sql.returncode == 0, sql.stderr
+    assert "ALTER TABLE notes ADD COLUMN color VARCHAR(20)" in sql.stdout
+    assert "tenantry_tenant_version" in sql.stdout
+
+
+def test_skip_failing_exits_non_zero_naming_the_tenant(project: Path) -> None:
+    _setup(project)
+    for tid in ("bad", "good"):
+        ok(run("tenants", "create", tid, "--isolation", "database"))
+    from tenantry import Tenantry, load_config, tenant_context
+    from tests.models import Note
+
+    with Tenantry(load_config()) as t, tenant_context("bad"), t.session() as s:
+        s.add_all([Note(body="x"), Note(body="x")])
+        s.commit()
+    _revision(project, "u1", UNIQUE_BODY)
+
+    result = run("migrate", "--skip-failing")
+    assert result.exit_code == 1
+    last = result.stderr.strip().splitlines()[-1]  # after the log line and the progress bar
+    assert last.startswith("error: 1 target(s) failed to migrate: bad: IntegrityError")
+    assert "good" in result.stdout
+    assert "upgraded" in result.stdout
+
+    stopped = run("migrate")  # without --skip-failing: bad fails again, nothing else is left
+    assert stopped.exit_code == 1
+    assert "bad" in stopped.stderr
+
+
+def test_init_refuses_to_overwrite(project: Path) -> None:
+    ok(run("migrate", "init", "migrations"))
+    again = run("migrate", "init", "migrations")
+    assert again.exit_code == 1
+    assert "exists and is not empty" in again.stderr
