@@ -17,10 +17,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from tenantry.catalog import IsolationMode
 from tenantry.cli.output import CliError, _echo_json, make_console
 from tenantry.ids import validate_tenant_id
 from tenantry.migrations.runner import Migrator, Outcome, Report, Result, TargetVersion
 from tenantry.migrations.scaffold import scaffold
+from tenantry.transfer import export_tenant, import_tenant
 
 if TYPE_CHECKING:
     from tenantry.cli.main import CliState
@@ -263,3 +265,54 @@ def migrate_stamp(
         revision, tenant_ids=_filters(tenant_ids), stores=stores
     )
     make_console().print(f"stamped {len(stamped)} target(s)")
+
+
+# -- export and import ------------------------------------------------------------------
+@click.command("export")
+@click.argument("tenant_id", metavar="ID")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_obj
+def export_tenant_cmd(state: CliState, tenant_id: str, file: Path) -> None:
+    """Write a tenant's rows and unfinished jobs to FILE (one consistent snapshot)."""
+    validate_tenant_id(tenant_id)
+    tenantry = state.tenantry()
+    state.target_store = tenantry.get_tenant(tenant_id).store
+    manifest = export_tenant(tenantry, tenant_id, file)
+    rows = sum(t.rows for t in manifest.tables)
+    make_console().print(
+        f"exported tenant {tenant_id!r}: {len(manifest.tables)} table(s), {rows} row(s), "
+        f"{manifest.jobs.rows} unfinished job(s) to {file}",
+        style="green",
+    )
+
+
+@click.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--as", "as_id", metavar="NEW_ID", help="Import under another tenant id.")
+@click.option("--store", metavar="S", help="Store to place the tenant on (default store if unset).")
+@click.option(
+    "--isolation",
+    type=click.Choice([mode.value for mode in IsolationMode], case_sensitive=False),
+    help="Isolation mode (default: the exported tenant's).",
+)
+@click.pass_obj
+def import_tenant_cmd(
+    state: CliState, file: Path, as_id: str | None, store: str | None, isolation: str | None
+) -> None:
+    """Create a tenant from an export FILE (checked completely before anything changes)."""
+    if as_id is not None:
+        validate_tenant_id(as_id)
+    tenantry = state.tenantry()
+    state.target_store = tenantry.store(store).name
+    result = import_tenant(
+        tenantry,
+        file,
+        as_id=as_id,
+        store=store,
+        isolation=IsolationMode(isolation.lower()) if isolation else None,
+    )
+    make_console().print(
+        f"imported tenant {result.tenant.id!r} ({result.tenant.isolation.value} on store "
+        f"{result.tenant.store!r}): {sum(result.rows.values())} row(s), {result.jobs} job(s)",
+        style="green",
+    )

@@ -343,7 +343,7 @@ def init(state: CliState, database_url: str | None, data_dir: str | None, force:
 # -- tenants ------------------------------------------------------------------------
 @cli.group()
 def tenants() -> None:
-    """Create, inspect, suspend and delete tenants."""
+    """Create, inspect, suspend, delete, export and import tenants."""
 
 
 @tenants.command("create")
@@ -693,6 +693,12 @@ def _add_lifecycle_commands() -> None:
     commands: list[click.Command] = [lifecycle.migrate]
     for command in commands:
         cli.add_command(command)
+    tenant_commands: list[click.Command] = [
+        lifecycle.export_tenant_cmd,
+        lifecycle.import_tenant_cmd,
+    ]
+    for command in tenant_commands:
+        tenants.add_command(command)
 
 
 _add_lifecycle_commands()
