@@ -139,3 +139,42 @@ def test_init_refuses_to_overwrite(project: Path) -> None:
     again = run("migrate", "init", "migrations")
     assert again.exit_code == 1
     assert "exists and is not empty" in again.stderr
+
+
+def test_export_and_import_from_the_command_line(project: Path) -> None:
+    (project / "tenantry.toml").write_text(
+        "[tenantry]\n"
+        'tenant_metadata = "tests.models:TenantBase"\n\n'
+        "[stores.default]\n"
+        f'url = "sqlite:///{project / "data" / "main.db"}"\n'
+    )
+    ok(run("tenants", "create", "acme", "--isolation", "shared"))
+    from tenantry import Tenantry, load_config, tenant_context
+    from tests.models import Note
+
+    with Tenantry(load_config()) as t, tenant_context("acme"), t.session() as s:
+        s.add_all([Note(body="one"), Note(body="two")])
+        s.commit()
+    out = ok(run("tenants", "export", "acme", "acme.tenant")).stdout
+    assert "2 row(s)" in out
+    imported = ok(
+        run("tenants", "import", "acme.tenant", "--as", "acme2", "--isolation", "database")
+    )
+    assert "imported tenant 'acme2' (database on store 'default'): 2 row(s)" in imported.stdout
+    with Tenantry(load_config()) as t, tenant_context("acme2"), t.session() as s:
+        assert sorted(n.body for n in s.query(Note)) == ["one", "two"]
+
+    again = run("tenants", "import", "acme.tenant", "--as", "acme2")
+    assert again.exit_code == 1
+    assert again.stderr.strip() == (
+        "error: tenant 'acme2' already exists; nothing was imported (choose another id with --as)"
+    )
+    (project / "cut.tenant").write_bytes((project / "acme.tenant").read_bytes()[:100])
+    cut = run("tenants", "import", "cut.tenant", "--as", "acme3")
+    assert cut.exit_code == 1
+    assert cut.stderr.startswith("error: cut.tenant is not a readable tenantry export")
+    bad_id = run("tenants", "import", "acme.tenant", "--as", "Bad-Id")
+    assert bad_id.exit_code == 1
+    assert "invalid tenant id 'Bad-Id'" in bad_id.stderr
+    listed = json.loads(ok(run("tenants", "list", "--json")).stdout)
+    assert [t["id"] for t in listed] == ["acme", "acme2"]
