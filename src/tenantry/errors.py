@@ -131,10 +131,6 @@ class MigrationError(TenantryError):
     """A schema migration could not be run."""
 
 
-class MigrationFailedError(MigrationError):
-    """One or more tenants failed to migrate (the others are reported separately)."""
-
-
 class ExportError(TenantryError):
     """A tenant export or import failed."""
 
