@@ -158,12 +158,20 @@ class Migrator:
                 targets.append(Target(TargetKind.GLOBAL, default))
         if self.tenant_history is None:
             return targets
-        shared: dict[str, list[Tenant]] = {}
-        for tenant in found:
-            if tenant.isolation is IsolationMode.SHARED:
-                shared.setdefault(tenant.store, []).append(tenant)
-        for store_name in sorted(shared):
-            targets.append(Target(TargetKind.SHARED, store_name, None, tuple(shared[store_name])))
+        # A store's shared tables serve all its shared tenants, also those a
+        # --tenant filter did not name: all of them are paused while they migrate.
+        shared_stores = {t.store for t in found if t.isolation is IsolationMode.SHARED}
+        if shared_stores:
+            everyone = found if not wanted and not stores else self.tenantry.list_tenants()
+            for store_name in sorted(shared_stores):
+                served = tuple(
+                    t
+                    for t in everyone
+                    if t.isolation is IsolationMode.SHARED
+                    and t.store == store_name
+                    and t.status not in _SKIPPED_STATUSES
+                )
+                targets.append(Target(TargetKind.SHARED, store_name, None, served))
         for tenant in found:
             if tenant.isolation is not IsolationMode.SHARED:
                 kind = TargetKind(tenant.isolation.value)

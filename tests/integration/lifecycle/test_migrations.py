@@ -349,3 +349,35 @@ def test_history_with_two_heads_is_refused(
     add_revision(histories[0], "x2", None, "pass")
     with pytest.raises(MigrationError, match="2 heads"):
         Migrator(lifecycle_tenantry("sqlite"))
+
+
+def test_migrating_shared_tables_pauses_every_shared_tenant_of_the_store(
+    lifecycle_tenantry: LifecycleFactory, histories: tuple[Path, Path]
+) -> None:
+    """--tenant a selects the store's shared tables, which serve b as well."""
+    t = lifecycle_tenantry("postgresql")
+    for tid in ("a", "b"):
+        t.create_tenant(tid, isolation="shared")
+    t.create_tenant("own", isolation="schema")
+    add_revision(
+        histories[0],
+        "s1",
+        None,
+        """
+        op.execute(
+            "CREATE TABLE IF NOT EXISTS seen AS SELECT id, status "
+            "FROM tenantry.tenantry_tenants ORDER BY id"
+        )
+        """,
+    )
+    deployed = lifecycle_tenantry("postgresql")
+    report = Migrator(deployed).run(tenant_ids=["a"])
+    assert [r.target.kind for r in report.results] == [TargetKind.SHARED]
+    with deployed.default_store.admin_engine().connect() as conn:
+        seen = conn.execute(text("SELECT id, status FROM public.seen ORDER BY id")).all()
+    assert [tuple(r) for r in seen] == [("a", "migrating"), ("b", "migrating"), ("own", "active")]
+    assert {x.id: x.status for x in deployed.list_tenants()} == {
+        "a": TenantStatus.ACTIVE,
+        "b": TenantStatus.ACTIVE,
+        "own": TenantStatus.ACTIVE,
+    }
