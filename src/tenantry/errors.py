@@ -55,6 +55,10 @@ class TenantMigratingError(TenantUnavailableError):
     """The tenant's tables are being migrated; retry in a moment."""
 
 
+class TenantMovingError(TenantUnavailableError):
+    """The tenant is being moved to another store or mode; retry in a moment."""
+
+
 class UnsupportedIsolation(TenantryError):
     """The store's database does not support this isolation mode."""
 
@@ -149,3 +153,11 @@ class ExportFormatError(ExportError):
 
 class ExportRevisionError(ExportError):
     """The export was taken at another migration revision than this application's head."""
+
+
+class BackupError(TenantryError):
+    """A tenant backup could not be made."""
+
+
+class MoveError(TenantryError):
+    """A tenant move cannot start, go on or be verified."""

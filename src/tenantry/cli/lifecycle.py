@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from tenantry.backup import backup_tenant
 from tenantry.catalog import IsolationMode
 from tenantry.cli.output import CliError, _echo_json, make_console
 from tenantry.ids import validate_tenant_id
@@ -315,4 +316,24 @@ def import_tenant_cmd(
         f"imported tenant {result.tenant.id!r} ({result.tenant.isolation.value} on store "
         f"{result.tenant.store!r}): {sum(result.rows.values())} row(s), {result.jobs} job(s)",
         style="green",
+    )
+
+
+@click.command("backup")
+@click.argument("tenant_id", metavar="ID")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.pass_obj
+def backup_tenant_cmd(state: CliState, tenant_id: str, directory: Path) -> None:
+    """Back a tenant up into DIRECTORY with the database's own tool where one fits.
+
+    pg_dump --schema for a schema tenant, pg_dump of its database for a
+    database tenant, SQLite's backup API for a SQLite file, and an export
+    for a shared tenant.
+    """
+    validate_tenant_id(tenant_id)
+    tenantry = state.tenantry()
+    state.target_store = tenantry.get_tenant(tenant_id).store
+    made = backup_tenant(tenantry, tenant_id, directory)
+    make_console().print(
+        f"backed up tenant {tenant_id!r} with {made.method} to {made.path}", style="green"
     )
