@@ -27,6 +27,7 @@ from tenantry.errors import (
     ConfigError,
     TenantExistsError,
     TenantMigratingError,
+    TenantMovingError,
     TenantryError,
     TenantStateError,
     TenantSuspendedError,
@@ -377,6 +378,8 @@ class Tenantry:
             raise TenantSuspendedError(f"tenant {tenant.id!r} is suspended")
         if tenant.status is TenantStatus.MIGRATING:
             raise TenantMigratingError(f"tenant {tenant.id!r} is being migrated; retry in a moment")
+        if tenant.status is TenantStatus.MOVING:
+            raise TenantMovingError(f"tenant {tenant.id!r} is being moved; retry in a moment")
         if tenant.status is not TenantStatus.ACTIVE:
             raise TenantUnavailableError(f"tenant {tenant.id!r} is {tenant.status.value}")
         return Placement(tenant, self.store(tenant.store), strategy_for(tenant.isolation))

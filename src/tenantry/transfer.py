@@ -74,7 +74,12 @@ MANIFEST = "manifest.json"
 CHECKSUM = "checksum.sha256"
 JOBS_FILE = "jobs.jsonl"
 _BATCH = 1000
-_EXPORTABLE = (TenantStatus.ACTIVE, TenantStatus.SUSPENDED, TenantStatus.MIGRATING)
+_EXPORTABLE = (
+    TenantStatus.ACTIVE,
+    TenantStatus.SUSPENDED,
+    TenantStatus.MIGRATING,
+    TenantStatus.MOVING,
+)
 
 
 # -- values -------------------------------------------------------------------------
@@ -501,8 +506,14 @@ def import_tenant(
 
 
 def _load(
-    tenantry: Tenantry, export: ExportFile, tenant: Tenant, tables: list[Table]
+    tenantry: Tenantry,
+    export: ExportFile,
+    tenant: Tenant,
+    tables: list[Table],
+    *,
+    with_jobs: bool = True,
 ) -> tuple[dict[str, int], int]:
+    """Insert the file's rows (and jobs) into *tenant*'s placement, in one transaction."""
     store = tenantry.store(tenant.store)
     engine, dispose = _tenant_engine(store, tenant)
     if not store.is_postgres:
@@ -518,7 +529,7 @@ def _load(
                 counts[table.name] = _load_table(
                     conn, export, entries[table.name], table, tenant.id, renumber, new_ids
                 )
-            jobs = _load_jobs(conn, export, tenant.id)
+            jobs = _load_jobs(conn, export, tenant.id) if with_jobs else 0
     finally:
         if dispose:
             engine.dispose()

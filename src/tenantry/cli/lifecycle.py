@@ -23,6 +23,7 @@ from tenantry.cli.output import CliError, _echo_json, make_console
 from tenantry.ids import validate_tenant_id
 from tenantry.migrations.runner import Migrator, Outcome, Report, Result, TargetVersion
 from tenantry.migrations.scaffold import scaffold
+from tenantry.move import move_tenant
 from tenantry.transfer import export_tenant, import_tenant
 
 if TYPE_CHECKING:
@@ -336,4 +337,57 @@ def backup_tenant_cmd(state: CliState, tenant_id: str, directory: Path) -> None:
     made = backup_tenant(tenantry, tenant_id, directory)
     make_console().print(
         f"backed up tenant {tenant_id!r} with {made.method} to {made.path}", style="green"
+    )
+
+
+@click.command("move")
+@click.argument("tenant_id", metavar="ID")
+@click.option("--to-store", metavar="S", help="Store to move to (default: where it is).")
+@click.option(
+    "--isolation",
+    type=click.Choice([mode.value for mode in IsolationMode], case_sensitive=False),
+    help="Isolation mode to move to (default: the tenant's).",
+)
+@click.option("--abort", is_flag=True, help="Give up an interrupted move; the tenant stays put.")
+@click.option(
+    "--drain-timeout",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds to wait for the tenant's running jobs before copying.",
+)
+@click.pass_obj
+def move_tenant_cmd(
+    state: CliState,
+    tenant_id: str,
+    to_store: str | None,
+    isolation: str | None,
+    abort: bool,
+    drain_timeout: float,
+) -> None:
+    """Move a tenant to another store or isolation mode (run again to resume a crashed move).
+
+    The tenant is paused (requests get a retryable 503, jobs wait) from the
+    start of the copy until the old copy is removed.
+    """
+    validate_tenant_id(tenant_id)
+    tenantry = state.tenantry()
+    state.target_store = to_store or tenantry.get_tenant(tenant_id).store
+    result = move_tenant(
+        tenantry,
+        tenant_id,
+        to_store=to_store,
+        isolation=IsolationMode(isolation.lower()) if isolation else None,
+        abort=abort,
+        drain_timeout=drain_timeout,
+    )
+    where = f"{result.tenant.isolation.value} on store {result.tenant.store!r}"
+    if result.aborted:
+        make_console().print(f"move of {tenant_id!r} aborted; it stays {where}", style="yellow")
+        return
+    resumed = " (resumed)" if result.resumed else ""
+    make_console().print(
+        f"moved tenant {tenant_id!r} to {where}{resumed}: {sum(result.rows.values())} row(s), "
+        f"{result.jobs} job(s) copied; paused {result.pause_seconds:.2f} s",
+        style="green",
     )

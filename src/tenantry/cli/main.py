@@ -343,7 +343,7 @@ def init(state: CliState, database_url: str | None, data_dir: str | None, force:
 # -- tenants ------------------------------------------------------------------------
 @cli.group()
 def tenants() -> None:
-    """Create, inspect, suspend, delete, export, import and back up tenants."""
+    """Create, inspect, suspend, delete, export, import, move and back up tenants."""
 
 
 @tenants.command("create")
@@ -697,6 +697,7 @@ def _add_lifecycle_commands() -> None:
         lifecycle.export_tenant_cmd,
         lifecycle.import_tenant_cmd,
         lifecycle.backup_tenant_cmd,
+        lifecycle.move_tenant_cmd,
     ]
     for command in tenant_commands:
         tenants.add_command(command)

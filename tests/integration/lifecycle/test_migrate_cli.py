@@ -178,3 +178,28 @@ def test_export_and_import_from_the_command_line(project: Path) -> None:
     assert "invalid tenant id 'Bad-Id'" in bad_id.stderr
     listed = json.loads(ok(run("tenants", "list", "--json")).stdout)
     assert [t["id"] for t in listed] == ["acme", "acme2"]
+
+
+def test_move_from_the_command_line(project: Path) -> None:
+    (project / "tenantry.toml").write_text(
+        "[tenantry]\n"
+        'tenant_metadata = "tests.models:TenantBase"\n'
+        "catalog_cache_ttl = 0.05\n\n"
+        "[stores.default]\n"
+        f'url = "sqlite:///{project / "data" / "main.db"}"\n'
+    )
+    ok(run("tenants", "create", "acme", "--isolation", "shared"))
+    from tenantry import Tenantry, load_config, tenant_context
+    from tests.models import Note
+
+    with Tenantry(load_config()) as t, tenant_context("acme"), t.session() as s:
+        s.add_all([Note(body="one"), Note(body="two")])
+        s.commit()
+    out = ok(run("tenants", "move", "acme", "--isolation", "database")).stdout
+    assert "moved tenant 'acme' to database on store 'default': 2 row(s)" in out
+    assert "paused" in out
+    shown = json.loads(ok(run("tenants", "show", "acme", "--json")).stdout)
+    assert (shown["isolation"], shown["status"]) == ("database", "active")
+    same = run("tenants", "move", "acme", "--isolation", "database")
+    assert same.exit_code == 1
+    assert same.stderr.strip() == "error: tenant 'acme' is already database on store 'default'"

@@ -71,8 +71,11 @@ def ping(ctx: Any, payload: Ping) -> None:
     return None
 
 
-def populate(t: Tenantry, tenant_id: str) -> None:
-    """Rows in every test table (with foreign keys) and jobs in every state."""
+def populate(t: Tenantry, tenant_id: str, *, running: bool = True) -> None:
+    """Rows in every test table (with foreign keys) and jobs in every state.
+
+    ``running=False``: the job that would be ``running`` stays ``available``.
+    """
     with tenant_context(tenant_id), t.session() as s:
         products = [Product(name=f"{tenant_id} p{i}", price_cents=100 * i) for i in range(3)]
         s.add_all(products)
@@ -98,13 +101,14 @@ def populate(t: Tenantry, tenant_id: str) -> None:
             .all()
         )
         now = datetime.now(UTC)
-        conn.execute(
-            update(jobs_table)
-            .where(jobs_table.c.id == ids[0])
-            .values(
-                state="running", attempt=1, lease_token="x", worker_id="w", lease_expires_at=now
+        if running:
+            conn.execute(
+                update(jobs_table)
+                .where(jobs_table.c.id == ids[0])
+                .values(
+                    state="running", attempt=1, lease_token="x", worker_id="w", lease_expires_at=now
+                )
             )
-        )
         conn.execute(
             update(jobs_table)
             .where(jobs_table.c.id == ids[1])
