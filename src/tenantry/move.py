@@ -474,7 +474,8 @@ def _check_at_head(tenantry: Tenantry, tenant: Tenant) -> None:
     if current != history.head:
         raise MoveError(
             f"tenant {tenant.id!r} is at revision {current or '(none)'}, not at head "
-            f"{history.head}; run `tenantry migrate --tenant {tenant.id}` first"
+            f"{history.head}; run `tenantry migrate --tenant {tenant.id}` first (or "
+            f"`tenantry migrate stamp --tenant {tenant.id}` if its tables predate the history)"
         )
 
 

@@ -37,8 +37,9 @@ log = get_logger(__name__)
 
 #: Schemas whose versions one UNION ALL query reads.
 _VERSION_CHUNK = 250
-#: Tenants that are not (yet, or any more) complete are not migrated.
-_SKIPPED_STATUSES = (TenantStatus.PROVISIONING, TenantStatus.DELETING)
+#: Tenants that are not (yet, or any more) complete are not migrated; nor is a
+#: tenant being moved (its new copy is made at head, from a source checked at head).
+_SKIPPED_STATUSES = (TenantStatus.PROVISIONING, TenantStatus.DELETING, TenantStatus.MOVING)
 
 
 class TargetKind(StrEnum):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -12,9 +13,13 @@ from sqlalchemy import inspect, select, text
 
 from tenantry import (
     IsolationMode,
+    JobContext,
+    JobRegistry,
+    Queue,
     Tenantry,
     TenantStatus,
     TenantUnavailableError,
+    Worker,
     tenant_context,
 )
 from tenantry.errors import MigrationError, TenantMigratingError
@@ -28,6 +33,8 @@ from tests.integration.lifecycle.support import (
     UNIQUE_BODY,
     add_revision,
 )
+from tests.integration.queue.handlers import Item
+from tests.integration.queue.support import running, wait_until
 from tests.models import Note
 
 BACKENDS = pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -381,3 +388,37 @@ def test_migrating_shared_tables_pauses_every_shared_tenant_of_the_store(
         "b": TenantStatus.ACTIVE,
         "own": TenantStatus.ACTIVE,
     }
+
+
+async def test_the_worker_starts_no_job_of_a_tenant_while_it_migrates(
+    lifecycle_tenantry: LifecycleFactory, histories: tuple[Path, Path]
+) -> None:
+    """A worker polls all through a 1.5 s migration; the job runs only once it is over."""
+    seen: list[tuple[float, TenantStatus]] = []
+    registry = JobRegistry()
+
+    @registry.handler("work")
+    def work(ctx: JobContext, payload: Item) -> None:
+        seen.append((time.monotonic(), ctx.tenantry.get_tenant(ctx.job.tenant_id).status))
+
+    t = lifecycle_tenantry("postgresql")
+    t.create_tenant("acme", isolation="schema")
+    Queue(t, registry).setup()
+    with tenant_context("acme"):
+        Queue(t, registry).enqueue("work", Item(n=1))
+    add_revision(histories[0], "slow1", None, 'op.execute("SELECT pg_sleep(1.5)")')
+    deployed = lifecycle_tenantry("postgresql")
+    migration = asyncio.create_task(asyncio.to_thread(Migrator(deployed).run))
+    await wait_until(
+        lambda: t.get_tenant("acme").status is TenantStatus.MIGRATING, 10, what="migrating"
+    )
+    paused_at = time.monotonic()
+    worker = Worker(deployed, registry, poll_interval=0.05, refresh_interval=0.2)
+    async with running(worker):
+        report = await migration
+        assert [r.outcome for r in report.results if r.target.tenant_id] == [Outcome.UPGRADED]
+        await wait_until(lambda: bool(seen), 10, what="the job")
+    ((ran_at, status),) = seen
+    assert status is TenantStatus.ACTIVE
+    assert ran_at - paused_at > 1.4  # not before the 1.5 s migration was over
+    assert worker.stats.postponed == 0  # not even claimed while paused
