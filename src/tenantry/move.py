@@ -54,13 +54,13 @@ from tenantry.queue.schema import jobs_table
 from tenantry.queue.sources import source_of
 from tenantry.transfer import (
     ExportFile,
-    _act_as,
-    _line,
-    _load,
-    _renumbered_key,
-    _tenant_engine,
+    act_as,
     check_compatible,
+    encode_line,
     export_tenant,
+    load_rows,
+    renumbered_key,
+    tenant_engine,
 )
 
 if TYPE_CHECKING:
@@ -216,7 +216,7 @@ def _remove_copy(
             conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {name} CASCADE")
     else:
         with store.admin_engine().begin() as conn:
-            _act_as(conn, placement.id)
+            act_as(conn, placement.id)
             for table in reversed(metadata.sorted_tables):
                 if is_tenant_table(table) and TENANT_ID_COLUMN in table.c:
                     conn.execute(delete(table).where(table.c[TENANT_ID_COLUMN] == placement.id))
@@ -240,7 +240,7 @@ def _copy(
     with ExportFile(file) as export:
         head = tenantry.tenant_history.head if tenantry.tenant_history else None
         tables = check_compatible(export, tenantry.tenant_metadata, head)
-        rows, jobs = _load(tenantry, export, target, tables, with_jobs=not shared_jobs)
+        rows, jobs = load_rows(tenantry, export, target, tables, with_jobs=not shared_jobs)
     # The copy's jobs must not start before the switch: a paused control row beside them.
     tenantry._sync_queue_control(target)
     return rows, jobs, tables
@@ -255,15 +255,15 @@ def _digests(
     foreign keys to them are left out of both sides' digests.
     """
     store = tenantry.store(placement.store)
-    engine, dispose = _tenant_engine(store, placement)
+    engine, dispose = tenant_engine(store, placement)
     found: dict[str, tuple[int, str]] = {}
     renumbered_tables: set[str] = set()
     try:
         with engine.begin() as conn:
-            _act_as(conn, placement.id)
+            act_as(conn, placement.id)
             for table in tables:
                 skip: set[str] = set()
-                key = _renumbered_key(table) if renumbered else None
+                key = renumbered_key(table) if renumbered else None
                 if key is not None:
                     skip.add(key)
                 for fk in table.foreign_keys:
@@ -286,7 +286,7 @@ def _digests(
 
 
 def _digest(conn: Connection, query: Any) -> tuple[int, str]:
-    lines = sorted(_line([_comparable(v) for v in row]) for row in conn.execute(query))
+    lines = sorted(encode_line([_comparable(v) for v in row]) for row in conn.execute(query))
     digest = hashlib.sha256()
     for line in lines:
         digest.update(line)
@@ -463,7 +463,7 @@ def _check_at_head(tenantry: Tenantry, tenant: Tenant) -> None:
     if history is None:
         return
     store = tenantry.store(tenant.store)
-    engine, dispose = _tenant_engine(store, tenant)
+    engine, dispose = tenant_engine(store, tenant)
     try:
         with engine.connect() as conn:
             schema = schema_name(tenant.id) if tenant.isolation is IsolationMode.SCHEMA else None

@@ -139,7 +139,7 @@ def decode(value: Any) -> Any:
         raise ExportCorruptError(f"bad {tag} value in export: {str(raw)[:80]}") from exc
 
 
-def _line(row: Sequence[Any]) -> bytes:
+def encode_line(row: Sequence[Any]) -> bytes:
     return (json.dumps([encode(v) for v in row], separators=(",", ":")) + "\n").encode()
 
 
@@ -188,7 +188,7 @@ class Manifest:
 
 
 # -- where a tenant's rows are ----------------------------------------------------------
-def _tenant_engine(store: Store, tenant: Tenant) -> tuple[Engine, bool]:
+def tenant_engine(store: Store, tenant: Tenant) -> tuple[Engine, bool]:
     """An admin engine whose connections reach the tenant's tables and jobs (True: dispose)."""
     if tenant.isolation is IsolationMode.DATABASE:
         return store.tenant_admin_engine(tenant.id), True
@@ -198,7 +198,7 @@ def _tenant_engine(store: Store, tenant: Tenant) -> tuple[Engine, bool]:
     return store.admin_engine(), False
 
 
-def _act_as(conn: Connection, tenant_id: str) -> None:
+def act_as(conn: Connection, tenant_id: str) -> None:
     """The RLS tenant of this transaction (the admin may be subject to FORCE RLS)."""
     if conn.dialect.name == "postgresql":
         sql, params = pg.session_setup(tenant_id, "", "public")
@@ -221,7 +221,7 @@ def export_tenant(tenantry: Tenantry, tenant_id: str, path: str | Path) -> Manif
     history = tenantry.tenant_history
     target = Path(path)
     partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
-    engine, dispose = _tenant_engine(store, tenant)
+    engine, dispose = tenant_engine(store, tenant)
     if store.is_postgres:
         engine = engine.execution_options(
             isolation_level="REPEATABLE READ", postgresql_readonly=True
@@ -229,7 +229,7 @@ def export_tenant(tenantry: Tenantry, tenant_id: str, path: str | Path) -> Manif
     try:
         with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             with engine.begin() as conn:
-                _act_as(conn, tenant.id)
+                act_as(conn, tenant.id)
                 revision = None
                 if history is not None:
                     schema = (
@@ -273,7 +273,7 @@ def _write_rows(zf: zipfile.ZipFile, name: str, rows: Iterator[Sequence[Any]]) -
     count = 0
     with zf.open(name, "w") as member:
         for row in rows:
-            line = _line(row)
+            line = encode_line(row)
             digest.update(line)
             member.write(line)
             count += 1
@@ -493,7 +493,7 @@ def import_tenant(
             activate=False,
         )
         try:
-            rows, jobs = _load(tenantry, export, tenant, tables)
+            rows, jobs = load_rows(tenantry, export, tenant, tables)
         except BaseException:
             log.warning("import of %s failed; removing the half-made tenant", new_id)
             tenantry.delete_tenant(new_id)
@@ -505,7 +505,7 @@ def import_tenant(
     return ImportResult(tenant, rows, jobs)
 
 
-def _load(
+def load_rows(
     tenantry: Tenantry,
     export: ExportFile,
     tenant: Tenant,
@@ -515,7 +515,7 @@ def _load(
 ) -> tuple[dict[str, int], int]:
     """Insert the file's rows (and jobs) into *tenant*'s placement, in one transaction."""
     store = tenantry.store(tenant.store)
-    engine, dispose = _tenant_engine(store, tenant)
+    engine, dispose = tenant_engine(store, tenant)
     if not store.is_postgres:
         engine = engine.execution_options(sqlite_begin="BEGIN IMMEDIATE")
     entries = {e.name: e for e in export.manifest.tables}
@@ -523,7 +523,7 @@ def _load(
     counts: dict[str, int] = {}
     try:
         with engine.begin() as conn:
-            _act_as(conn, tenant.id)
+            act_as(conn, tenant.id)
             new_ids: dict[str, dict[Any, Any]] = {}
             for table in tables:
                 counts[table.name] = _load_table(
@@ -536,7 +536,7 @@ def _load(
     return counts, jobs
 
 
-def _renumbered_key(table: Table) -> str | None:
+def renumbered_key(table: Table) -> str | None:
     """The single integer surrogate key a shared table numbers for all tenants, if any."""
     pk = list(table.primary_key.columns)
     if len(pk) == 1 and isinstance(pk[0].type, Integer) and table.autoincrement_column is pk[0]:
@@ -560,7 +560,7 @@ def _load_table(
     renumbered before are rewritten. Elsewhere the tenant has the tables to
     itself and ids are kept (sequences are moved past them).
     """
-    key = _renumbered_key(table) if renumber else None
+    key = renumbered_key(table) if renumber else None
     refs = [
         (fk.parent.name, fk.column.table.name)
         for fk in table.foreign_keys
