@@ -139,8 +139,12 @@ def decode(value: Any) -> Any:
         raise ExportCorruptError(f"bad {tag} value in export: {str(raw)[:80]}") from exc
 
 
+#: One encoder for every line: ``json.dumps`` with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode_line(row: Sequence[Any]) -> bytes:
-    return (json.dumps([encode(v) for v in row], separators=(",", ":")) + "\n").encode()
+    return (_ENCODER.encode([encode(v) for v in row]) + "\n").encode()
 
 
 # -- results ------------------------------------------------------------------------
