@@ -422,3 +422,35 @@ async def test_the_worker_starts_no_job_of_a_tenant_while_it_migrates(
     assert status is TenantStatus.ACTIVE
     assert ran_at - paused_at > 1.4  # not before the 1.5 s migration was over
     assert worker.stats.postponed == 0  # not even claimed while paused
+
+
+def test_stamp_adopts_tables_made_before_the_history(
+    make_tenantry: TenantryFactory,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    histories: tuple[Path, Path],
+) -> None:
+    """Tenants created with no history have no version table; stamp records head, runs nothing."""
+    from tests.conftest import make_config
+    from tests.integration.lifecycle.support import with_migrations
+
+    base = make_config("postgresql", request, tmp_path)
+    before = make_tenantry("postgresql", base)  # no migrations configured
+    before.create_tenant("old1", isolation="schema")
+    before.create_tenant("old2", isolation="database")
+    add_revision(histories[0], "r1", None, ADD_COLOR)  # must not run on the adopted tenants
+    t = make_tenantry("postgresql", with_migrations(base, histories[0], None))
+    t.create_tenant("new", isolation="schema")  # made at head: recorded already
+    migrator = Migrator(t)
+    with pytest.raises(MigrationError, match="cannot stamp 'nope'"):
+        migrator.stamp_unrecorded("nope", tenant_ids=["old1"])
+    stamped = migrator.stamp_unrecorded()
+    assert sorted(s.label for s in stamped) == ["old1", "old2"]
+    assert {v.target.label: v.revision for v in migrator.versions(migrator.targets())} == {
+        "new": "r1",
+        "old1": "r1",
+        "old2": "r1",
+    }
+    assert Migrator(t).run().results == []
+    assert "color" not in _columns(t, "old1")  # nothing was run
+    assert migrator.stamp_unrecorded() == []
