@@ -414,10 +414,13 @@ async def test_the_worker_starts_no_job_of_a_tenant_while_it_migrates(
     )
     paused_at = time.monotonic()
     worker = Worker(deployed, registry, poll_interval=0.05, refresh_interval=0.2)
-    async with running(worker):
-        report = await migration
-        assert [r.outcome for r in report.results if r.target.tenant_id] == [Outcome.UPGRADED]
-        await wait_until(lambda: bool(seen), 10, what="the job")
+    try:
+        async with running(worker):
+            report = await migration
+            assert [r.outcome for r in report.results if r.target.tenant_id] == [Outcome.UPGRADED]
+            await wait_until(lambda: bool(seen), 10, what="the job")
+    finally:
+        await deployed.aclose()  # the worker's async engines, disposed on this loop
     ((ran_at, status),) = seen
     assert status is TenantStatus.ACTIVE
     assert ran_at - paused_at > 1.4  # not before the 1.5 s migration was over
