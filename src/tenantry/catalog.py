@@ -44,6 +44,10 @@ class TenantStatus(StrEnum):
     ACTIVE = "active"
     SUSPENDED = "suspended"
     DELETING = "deleting"
+    #: Its tables are being migrated: sessions refuse (retryably), jobs wait.
+    MIGRATING = "migrating"
+    #: It is being copied to another store or mode: sessions refuse (retryably), jobs wait.
+    MOVING = "moving"
 
 
 class IsolationMode(StrEnum):
@@ -119,6 +123,27 @@ api_keys_table = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
     Column("last_used_at", DateTime(timezone=True), nullable=True),
+)
+
+# A move in progress (tenantry.move): where from, where to, how far it got.
+# Beside the tenants so that the switch of placement and of step is one transaction.
+moves_table = Table(
+    "tenantry_moves",
+    catalog_metadata,
+    Column(
+        "tenant_id",
+        String(40),
+        ForeignKey(tenants_table.c.id, ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("from_store", String(40), nullable=False),
+    Column("from_isolation", String(20), nullable=False),
+    Column("to_store", String(40), nullable=False),
+    Column("to_isolation", String(20), nullable=False),
+    Column("prior_status", String(20), nullable=False),
+    Column("step", String(20), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 # Advisory lock key for creating the catalog tables (not isolation.postgres's

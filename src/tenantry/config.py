@@ -116,6 +116,9 @@ class TenantryConfig:
     data_dir: str = DEFAULT_DATA_DIR
     tenant_metadata: str | None = None
     global_metadata: str | None = None
+    #: Alembic script directories of the two histories (tenant tables, global tables).
+    tenant_migrations: str | None = None
+    global_migrations: str | None = None
     catalog_cache_ttl: float = 5.0
     source: str = "default"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -187,6 +190,8 @@ _TOP_KEYS = {
     "data_dir",
     "tenant_metadata",
     "global_metadata",
+    "tenant_migrations",
+    "global_migrations",
     "catalog_cache_ttl",
 }
 

@@ -15,7 +15,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, inspect
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -26,6 +26,8 @@ from tenantry.context import current_tenant
 from tenantry.errors import (
     ConfigError,
     TenantExistsError,
+    TenantMigratingError,
+    TenantMovingError,
     TenantryError,
     TenantStateError,
     TenantSuspendedError,
@@ -42,6 +44,7 @@ from tenantry.session import TenantSession
 from tenantry.stores import Store
 
 if TYPE_CHECKING:
+    from tenantry.migrations.history import History
     from tenantry.web.apikeys import ApiKeys
 
 log = get_logger(__name__)
@@ -106,6 +109,7 @@ class Tenantry:
             self.stores[self.config.catalog_store_name].admin_engine(),
             ttl=self.config.catalog_cache_ttl,
         )
+        self._set_up = False
 
     @staticmethod
     def _metadata(given: Any, ref: str | None, default: MetaData) -> MetaData:
@@ -135,10 +139,39 @@ class Tenantry:
         return self.store()
 
     def setup(self) -> None:
-        """Create the catalog and the global tables (idempotent)."""
+        """Create the catalog and the global tables (idempotent; once per process).
+
+        Global tables created here from the models are at the global history's
+        head and recorded so; tables that existed without a version table are
+        left for ``tenantry migrate stamp``.
+        """
         self.catalog.ensure_schema()
+        if self._set_up:
+            return
         with self.default_store.admin_engine().begin() as conn:
+            existing = set(inspect(conn).get_table_names())
+            fresh = not existing & {t.name for t in self.global_metadata.sorted_tables}
             self.global_metadata.create_all(conn, checkfirst=True)
+            history = self.global_history
+            if fresh and history is not None and history.current(conn, None) is None:
+                history.stamp(conn, None)
+        self._set_up = True
+
+    @cached_property
+    def tenant_history(self) -> History | None:
+        """The Alembic history of tenant tables (``[tenantry] tenant_migrations``), if any."""
+        from tenantry.migrations.history import TENANT_VERSION_TABLE, History
+
+        path = self.config.tenant_migrations
+        return None if path is None else History("tenant", path, TENANT_VERSION_TABLE)
+
+    @cached_property
+    def global_history(self) -> History | None:
+        """The Alembic history of global tables (``[tenantry] global_migrations``), if any."""
+        from tenantry.migrations.history import GLOBAL_VERSION_TABLE, History
+
+        path = self.config.global_migrations
+        return None if path is None else History("global", path, GLOBAL_VERSION_TABLE)
 
     @cached_property
     def api_keys(self) -> ApiKeys:
@@ -191,12 +224,15 @@ class Tenantry:
         isolation: IsolationMode | str = IsolationMode.SHARED,
         store: str | None = None,
         settings: Mapping[str, Any] | None = None,
+        activate: bool = True,
     ) -> Tenant:
         """Register and provision a tenant; re-running finishes an interrupted run.
 
         The catalog row is written first with status ``provisioning``; storage is
         created with idempotent DDL; only then does the tenant become ``active``.
         A crash anywhere leaves a ``provisioning`` row that the next call resumes.
+        With ``activate=False`` the tenant stays ``provisioning`` (not served)
+        until :meth:`activate_tenant`: an import fills it first.
         """
         validate_tenant_id(tenant_id)
         control.QueueSettings.from_settings(settings)  # bad queue settings fail here, not later
@@ -231,7 +267,13 @@ class Tenantry:
         else:
             raise TenantExistsError(f"tenant {tenant_id!r} already exists ({existing.status})")
         log.info("provisioning tenant %s (%s on %s)", tenant_id, mode.value, target.name)
-        strategy.provision(target, tenant_id, self.tenant_metadata)
+        strategy.provision(target, tenant_id, self.tenant_metadata, history=self.tenant_history)
+        if not activate:
+            return tenant
+        return self.activate_tenant(tenant_id)
+
+    def activate_tenant(self, tenant_id: str) -> Tenant:
+        """Serve a tenant left in ``provisioning`` by ``create_tenant(activate=False)``."""
         try:
             tenant = self.catalog.set_status(
                 tenant_id, TenantStatus.ACTIVE, expect=[TenantStatus.PROVISIONING]
@@ -334,6 +376,10 @@ class Tenantry:
     def _placement_of(self, tenant: Tenant) -> Placement:
         if tenant.status is TenantStatus.SUSPENDED:
             raise TenantSuspendedError(f"tenant {tenant.id!r} is suspended")
+        if tenant.status is TenantStatus.MIGRATING:
+            raise TenantMigratingError(f"tenant {tenant.id!r} is being migrated; retry in a moment")
+        if tenant.status is TenantStatus.MOVING:
+            raise TenantMovingError(f"tenant {tenant.id!r} is being moved; retry in a moment")
         if tenant.status is not TenantStatus.ACTIVE:
             raise TenantUnavailableError(f"tenant {tenant.id!r} is {tenant.status.value}")
         return Placement(tenant, self.store(tenant.store), strategy_for(tenant.isolation))

@@ -51,6 +51,14 @@ class TenantSuspendedError(TenantUnavailableError):
     """The tenant is suspended; its data cannot be opened until it is resumed."""
 
 
+class TenantMigratingError(TenantUnavailableError):
+    """The tenant's tables are being migrated; retry in a moment."""
+
+
+class TenantMovingError(TenantUnavailableError):
+    """The tenant is being moved to another store or mode; retry in a moment."""
+
+
 class UnsupportedIsolation(TenantryError):
     """The store's database does not support this isolation mode."""
 
@@ -128,3 +136,35 @@ class LeaseLostError(QueueError):
 
 class JobStateError(QueueError):
     """The job is not in a state that allows this operation."""
+
+
+class MigrationError(TenantryError):
+    """A schema migration could not be run."""
+
+
+class ExportError(TenantryError):
+    """A tenant export or import failed."""
+
+
+class ExportCorruptError(ExportError):
+    """The export file is damaged or truncated; nothing was imported."""
+
+
+class ExportChecksumError(ExportCorruptError):
+    """The export file's content does not match its checksums; nothing was imported."""
+
+
+class ExportFormatError(ExportError):
+    """The export file is not in a format (or format version) this tenantry reads."""
+
+
+class ExportRevisionError(ExportError):
+    """The export was taken at another migration revision than this application's head."""
+
+
+class BackupError(TenantryError):
+    """A tenant backup could not be made."""
+
+
+class MoveError(TenantryError):
+    """A tenant move cannot start, go on or be verified."""

@@ -216,6 +216,18 @@ class Store:
                 self._admin_engine = self._make_engine(self._url(admin=True, is_async=False))
             return self._admin_engine
 
+    def pooled_admin_engine(self, size: int) -> Engine:
+        """A new admin engine on the store database holding up to *size* connections.
+
+        For bulk operations (migrating every schema with N threads) that must
+        not take the admin pool from the catalog. The caller disposes it.
+        """
+        url = self._url(admin=True, is_async=False)
+        if self.dialect == "sqlite":
+            return self._make_engine(url)
+        engine = create_engine(url, pool_size=size, max_overflow=0, pool_pre_ping=True)
+        return engine.execution_options(schema_translate_map=self.translate_map)
+
     def async_engine(self) -> AsyncEngine:
         """Async engine on the store database, for tenant and global sessions."""
         with self._lock:

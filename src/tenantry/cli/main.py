@@ -20,15 +20,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, Any, ClassVar, NoReturn
+from typing import Any, NoReturn
 
 import click
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from tenantry.catalog import IsolationMode, Tenant, TenantStatus
+from tenantry.cli.output import CliError, CliUsageError, _echo_json, make_console
 from tenantry.config import (
     CONFIG_FILE_NAME,
     DEFAULT_DATA_DIR,
@@ -48,30 +48,6 @@ from tenantry.queue import JobRegistry, Queue, Worker
 log = get_logger(__name__)
 
 _LOG_LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)
-#: Width used when stdout is not a terminal: rich would otherwise wrap tables at
-#: 80 columns, which splits rows in logs and breaks ``grep``.
-_PIPE_WIDTH = 200
-
-
-# -- errors -------------------------------------------------------------------------
-def _one_line(message: str) -> str:
-    return " ".join(message.split())
-
-
-class CliError(click.ClickException):
-    """An expected failure: shown as a single ``error: ...`` line on stderr."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(_one_line(message))
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"error: {self.format_message()}", file=file, err=file is None)
-
-
-class CliUsageError(CliError):
-    """A usage error in the same one-line form; exit status 2, as click uses."""
-
-    exit_code: ClassVar[int] = 2
 
 
 @dataclass
@@ -208,24 +184,16 @@ class TenantryGroup(click.Group):
 
 
 # -- output helpers -----------------------------------------------------------------
-def make_console() -> Console:
-    """A console for the current stdout; markup off, so tenant names print verbatim."""
-    console = Console(markup=False, highlight=False)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console.width = _PIPE_WIDTH
-    return console
-
-
-def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=True))
-
-
 def _timestamp(tenant: Tenant) -> str:
     return tenant.created_at.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _status_text(status: TenantStatus) -> Text:
-    styles = {TenantStatus.ACTIVE: "green", TenantStatus.SUSPENDED: "yellow"}
+    styles = {
+        TenantStatus.ACTIVE: "green",
+        TenantStatus.SUSPENDED: "yellow",
+        TenantStatus.MIGRATING: "yellow",
+    }
     return Text(status.value, style=styles.get(status, "red"))
 
 
@@ -375,7 +343,7 @@ def init(state: CliState, database_url: str | None, data_dir: str | None, force:
 # -- tenants ------------------------------------------------------------------------
 @cli.group()
 def tenants() -> None:
-    """Create, inspect, suspend and delete tenants."""
+    """Create, inspect, suspend, delete, export, import, move and back up tenants."""
 
 
 @tenants.command("create")
@@ -946,6 +914,27 @@ def serve(
         )
         logging.shutdown()
         os._exit(0)
+
+
+# -- lifecycle: migrate, export, import (tenantry.cli.lifecycle) -------------------------
+def _add_lifecycle_commands() -> None:
+    # Imported here: tenantry.cli.lifecycle builds on the helpers above.
+    from tenantry.cli import lifecycle
+
+    commands: list[click.Command] = [lifecycle.migrate]
+    for command in commands:
+        cli.add_command(command)
+    tenant_commands: list[click.Command] = [
+        lifecycle.export_tenant_cmd,
+        lifecycle.import_tenant_cmd,
+        lifecycle.backup_tenant_cmd,
+        lifecycle.move_tenant_cmd,
+    ]
+    for command in tenant_commands:
+        tenants.add_command(command)
+
+
+_add_lifecycle_commands()
 
 
 def main() -> NoReturn:

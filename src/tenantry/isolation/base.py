@@ -8,13 +8,16 @@ asks "which mode is this?".
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Engine, MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenantry.catalog import IsolationMode
 from tenantry.stores import Store
+
+if TYPE_CHECKING:
+    from tenantry.migrations.history import History
 
 
 class IsolationStrategy(Protocol):
@@ -40,8 +43,14 @@ class IsolationStrategy(Protocol):
         the same id left behind (a database, a schema, rows).
         """
 
-    def provision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
-        """Create the tenant's storage and tables; must be idempotent."""
+    def provision(
+        self, store: Store, tenant_id: str, metadata: MetaData, *, history: History | None = None
+    ) -> None:
+        """Create the tenant's storage and tables; must be idempotent.
+
+        With a tenant migration *history*, the tables are recorded as being at
+        its head (they were made from the models, which are head).
+        """
 
     def deprovision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
         """Drop the tenant's data; must be idempotent."""

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, MetaData, text
+from sqlalchemy import Engine, MetaData, inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenantry.catalog import IsolationMode
 from tenantry.isolation import postgres as pg
+from tenantry.provisioning import tenant_ddl
 from tenantry.queue.backends import ensure_queue_schema
 from tenantry.stores import Store
+
+if TYPE_CHECKING:
+    from tenantry.migrations.history import History
 
 
 class DatabaseIsolation:
@@ -47,14 +51,23 @@ class DatabaseIsolation:
             ).first()
         return None if found is None else f"database {name!r}"
 
-    def provision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
+    def provision(
+        self, store: Store, tenant_id: str, metadata: MetaData, *, history: History | None = None
+    ) -> None:
         name = store.tenant_database_name(tenant_id)
         if store.is_postgres:
             self._create_pg_database(store, name)
         engine = store.tenant_admin_engine(tenant_id)
         try:
             with engine.begin() as conn:
-                metadata.create_all(conn, checkfirst=True)
+                if not inspect(conn).get_table_names():
+                    # A new database: the compiled script, one round trip on PostgreSQL.
+                    tenant_ddl(metadata, store.dialect, history).run(conn, None)
+                else:
+                    # Resuming an interrupted run: idempotent, statement by statement.
+                    metadata.create_all(conn, checkfirst=True)
+                    if history is not None and history.current(conn, None) is None:
+                        history.stamp(conn, None)
                 ensure_queue_schema(conn, store)
                 if store.is_postgres:
                     pg.grant_access(conn, "public", store.config.rls_role, store.distinct_app_user)

@@ -73,8 +73,8 @@ def grant_access(
     (and the app login may assume it). With ``rls_role = ""`` the app login is
     expected to be a non-owner already, and is granted directly.
     """
-    grantee = rls_role or (_checked_name(app_user) if app_user else "")
-    if not grantee:
+    role = grantee(rls_role, app_user)
+    if not role:
         return
     # Concurrent GRANTs on one object fail with "tuple concurrently updated"
     # (two workers starting at once both run Queue.setup()): serialise them.
@@ -82,9 +82,9 @@ def grant_access(
     if rls_role:
         ensure_role(conn, rls_role, app_user)
     if table is None:
-        grant_schema(conn, schema, grantee)
+        grant_schema(conn, schema, role)
         return
-    s, r = quote(conn, validate_identifier(schema, "schema")), quote(conn, grantee)
+    s, r = quote(conn, validate_identifier(schema, "schema")), quote(conn, role)
     t = f"{s}.{quote(conn, _checked_name(table))}"
     conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA {s} TO {r}")
     conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO {r}")
@@ -92,10 +92,23 @@ def grant_access(
 
 
 def grant_schema(conn: Connection, schema: str, role: str) -> None:
+    for statement in schema_grants(conn, schema, role):
+        conn.exec_driver_sql(statement)
+
+
+def schema_grants(conn: Connection, schema: str, role: str) -> list[str]:
+    """The GRANTs that let *role* use every table of *schema* (as SQL, to batch them)."""
     s, r = quote(conn, validate_identifier(schema, "schema")), quote(conn, role)
-    conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA {s} TO {r}")
-    conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {s} TO {r}")
-    conn.exec_driver_sql(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {s} TO {r}")
+    return [
+        f"GRANT USAGE ON SCHEMA {s} TO {r}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {s} TO {r}",
+        f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {s} TO {r}",
+    ]
+
+
+def grantee(rls_role: str, app_user: str | None) -> str:
+    """Who tenant sessions act as: the RLS role, else a distinct app login ("" for none)."""
+    return rls_role or (_checked_name(app_user) if app_user else "")
 
 
 def enable_rls(conn: Connection, metadata: MetaData, schema: str | None) -> None:

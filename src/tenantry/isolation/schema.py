@@ -10,7 +10,9 @@ the translate map cannot see, gets the schema through a transaction-local
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, MetaData, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -19,11 +21,20 @@ from tenantry.catalog import IsolationMode
 from tenantry.errors import UnsupportedIsolation
 from tenantry.ids import validate_identifier, validate_tenant_id
 from tenantry.isolation import postgres as pg
+from tenantry.logs import get_logger
 from tenantry.models import TENANT_SCHEMA, TENANTRY_SCHEMA
+from tenantry.provisioning import tenant_ddl
 from tenantry.queue.backends import backend_for, ensure_store_queue
 from tenantry.stores import Store
 
+if TYPE_CHECKING:
+    from tenantry.migrations.history import History
+
 SCHEMA_PREFIX = "t_"
+
+log = get_logger(__name__)
+_prepared: weakref.WeakSet[Store] = weakref.WeakSet()
+_prepared_lock = threading.Lock()
 
 
 def schema_name(tenant_id: str) -> str:
@@ -68,19 +79,49 @@ class SchemaIsolation:
             ).first()
         return None if found is None else f"schema {schema_name(tenant_id)!r}"
 
-    def provision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
+    def provision(
+        self, store: Store, tenant_id: str, metadata: MetaData, *, history: History | None = None
+    ) -> None:
         self.check_supported(store)
         schema = schema_name(tenant_id)
+        self._prepare_store(store)
         admin = store.admin_engine().execution_options(
             schema_translate_map=self._translate(tenant_id)
         )
         with admin.begin() as conn:
-            conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {pg.quote(conn, schema)}")
+            exists = conn.execute(
+                text("SELECT 1 FROM pg_namespace WHERE nspname = :n"), {"n": schema}
+            ).first()
+            if exists is None:
+                # The usual case: a new schema, made by one script in one round trip.
+                q = pg.quote(conn, schema)
+                role = pg.grantee(store.config.rls_role, store.distinct_app_user)
+                grants = pg.schema_grants(conn, schema, role) if role else []
+                ddl = tenant_ddl(metadata, "postgresql", history)
+                log.debug("provisioning schema %s from the compiled script", schema)
+                ddl.run(conn, q, prologue=[f"CREATE SCHEMA {q}"], epilogue=grants)
+                return
+            # Resuming an interrupted run: idempotent, statement by statement.
+            log.debug("provisioning schema %s step by step (it exists already)", schema)
             metadata.create_all(conn, checkfirst=True)
             pg.grant_access(conn, schema, store.config.rls_role, store.distinct_app_user)
-            # Global tables live in public; tenant sessions may read them.
-            pg.grant_access(conn, "public", store.config.rls_role, store.distinct_app_user)
-        ensure_store_queue(store)
+            if history is not None and history.current(conn, schema) is None:
+                history.stamp(conn, schema)
+
+    def _prepare_store(self, store: Store) -> None:
+        """What every schema tenant of a store needs once: the role, grants on public, jobs.
+
+        Done once per process and store, so that provisioning a tenant sends
+        only its own script.
+        """
+        with _prepared_lock:
+            if store in _prepared:
+                return
+            with store.admin_engine().begin() as conn:
+                # Global tables live in public; tenant sessions may read them.
+                pg.grant_access(conn, "public", store.config.rls_role, store.distinct_app_user)
+            ensure_store_queue(store)
+            _prepared.add(store)
 
     def deprovision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
         self.check_supported(store)

@@ -8,7 +8,7 @@ enforced by the server for everything, raw SQL included.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, MetaData, delete, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,6 +18,9 @@ from tenantry.isolation import postgres as pg
 from tenantry.models import TENANT_ID_COLUMN, is_tenant_table
 from tenantry.queue.backends import backend_for, ensure_store_queue
 from tenantry.stores import Store
+
+if TYPE_CHECKING:
+    from tenantry.migrations.history import History
 
 _prepare_lock = threading.Lock()
 
@@ -40,8 +43,15 @@ class SharedIsolation:
             return None
         return pg.session_setup(tenant_id, store.config.rls_role, "public")
 
-    def prepare_store(self, store: Store, metadata: MetaData) -> None:
-        """Create the shared tables (and RLS policies) once per store and process."""
+    def prepare_store(
+        self, store: Store, metadata: MetaData, history: History | None = None
+    ) -> None:
+        """Create the shared tables (and RLS policies) once per store and process.
+
+        Tables created here from the models are at the tenant history's head,
+        and recorded so; tables that existed already without a version table
+        are left unrecorded (``tenantry migrate stamp`` adopts them).
+        """
         with _prepare_lock:
             if store.prepared_shared_tables:
                 return
@@ -53,7 +63,11 @@ class SharedIsolation:
                 if store.is_postgres:
                     # Serialise concurrent preparers across processes.
                     pg.ddl_lock(conn)
+                existing = set(inspect(conn).get_table_names())
+                fresh = not existing & {t.name for t in metadata.sorted_tables}
                 metadata.create_all(conn, checkfirst=True)
+                if fresh and history is not None and history.current(conn, None) is None:
+                    history.stamp(conn, None)
                 if store.is_postgres:
                     pg.enable_rls(conn, metadata, None)
                     pg.grant_access(conn, "public", store.config.rls_role, store.distinct_app_user)
@@ -83,8 +97,10 @@ class SharedIsolation:
             conn.rollback()
         return None
 
-    def provision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
-        self.prepare_store(store, metadata)
+    def provision(
+        self, store: Store, tenant_id: str, metadata: MetaData, *, history: History | None = None
+    ) -> None:
+        self.prepare_store(store, metadata, history)
 
     def deprovision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
         self.prepare_store(store, metadata)

@@ -172,7 +172,15 @@ async def test_suspended_tenant_is_forbidden(make_web: WebFactory, backend: str)
     assert_served(await web.get("/notes", headers=bearer(make_token("globex"))), "globex")
 
 
-@pytest.mark.parametrize("status", [TenantStatus.PROVISIONING, TenantStatus.DELETING])
+@pytest.mark.parametrize(
+    "status",
+    [
+        TenantStatus.PROVISIONING,
+        TenantStatus.DELETING,
+        TenantStatus.MIGRATING,
+        TenantStatus.MOVING,
+    ],
+)
 async def test_unavailable_tenant_is_503_with_retry_after(
     make_web: WebFactory, status: TenantStatus
 ) -> None:

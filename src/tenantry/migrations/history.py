@@ -1,0 +1,152 @@
+"""One Alembic history (tenant tables or global tables), run on connections tenantry opens.
+
+tenantry does not go through Alembic's ``env.py`` to migrate: it needs to run
+the same scripts on a thousand schemas, from several threads, each on a
+connection whose ``search_path`` and ``schema_translate_map`` point at one
+tenant. So it builds a :class:`MigrationContext` per connection itself and
+calls the revision scripts' ``upgrade()`` functions.
+
+Alembic's ``op`` is a module-level proxy that ``Operations.context()``
+installs and removes around each run: two threads migrating at once would
+swap each other's target (or find it removed). :func:`_install_thread_proxy`
+replaces it, for the whole process, with a proxy that dispatches to the
+``Operations`` of the calling thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from alembic.operations import Operations
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import Connection, Executable, Table, insert
+from sqlalchemy.schema import CreateTable
+
+from tenantry.errors import MigrationError
+
+#: Version tables, one per history. Distinct names because the global history
+#: and the shared tenant tables of the default store share one schema.
+TENANT_VERSION_TABLE = "tenantry_tenant_version"
+GLOBAL_VERSION_TABLE = "tenantry_global_version"
+
+_local = threading.local()
+_proxy_lock = threading.Lock()
+
+
+class _ThreadOperations:
+    """Stands in for Alembic's ``op`` proxy target: the calling thread's ``Operations``."""
+
+    def __getattr__(self, name: str) -> Any:
+        ops = getattr(_local, "operations", None)
+        if ops is None:
+            raise MigrationError(
+                f"alembic.op.{name}() called outside a migration run by tenantry in this thread"
+            )
+        return getattr(ops, name)
+
+
+def _install_thread_proxy() -> None:
+    import alembic.op
+
+    with _proxy_lock:
+        alembic.op._proxy = _ThreadOperations()  # type: ignore[attr-defined]
+
+
+class History:
+    """An Alembic script directory, loaded once and shared by every thread of a run."""
+
+    def __init__(self, kind: str, directory: str | Path, version_table: str) -> None:
+        self.kind = kind
+        self.directory = Path(directory)
+        self.version_table = version_table
+        if (
+            not (self.directory / "script.py.mako").exists()
+            or not (self.directory / "versions").is_dir()
+        ):
+            raise MigrationError(
+                f"{kind} migrations: {self.directory} is not an Alembic script directory "
+                "(no script.py.mako or versions/); create one with `tenantry migrate init`"
+            )
+        try:
+            self.script = ScriptDirectory(str(self.directory))
+            # Loads every revision module now, in this thread: threads then only read.
+            heads = self.script.get_heads()
+        except CommandError as exc:
+            raise MigrationError(f"{kind} migrations in {self.directory}: {exc}") from exc
+        if len(heads) > 1:
+            raise MigrationError(
+                f"{kind} migrations in {self.directory} have {len(heads)} heads "
+                f"({', '.join(sorted(heads))}); merge them (alembic merge) first"
+            )
+        self.head: str | None = heads[0] if heads else None
+
+    def _context(self, conn: Connection, schema: str | None, **opts: Any) -> MigrationContext:
+        return MigrationContext.configure(
+            connection=conn,
+            opts={
+                "script": self.script,
+                "version_table": self.version_table,
+                "version_table_schema": schema,
+                **opts,
+            },
+        )
+
+    def current(self, conn: Connection, schema: str | None) -> str | None:
+        """The revision recorded on *conn*'s database (None: no version table or row)."""
+        heads = self._context(conn, schema).get_current_heads()
+        return heads[0] if heads else None
+
+    def upgrade(self, conn: Connection, schema: str | None) -> tuple[str | None, str | None]:
+        """Run the missing revisions to head inside *conn*'s current transaction.
+
+        Returns (before, after). The caller owns the transaction: on
+        PostgreSQL and SQLite the whole upgrade commits or rolls back as one.
+        """
+        script = self.script
+
+        def steps(heads: Sequence[str], _ctx: MigrationContext) -> Iterable[Any]:
+            return script._upgrade_revs("heads", heads)  # type: ignore[arg-type]
+
+        ctx = self._context(conn, schema, fn=steps, transactional_ddl=True)
+        before_heads = ctx.get_current_heads()
+        before = before_heads[0] if before_heads else None
+        if before == self.head:
+            return before, before
+        _install_thread_proxy()
+        _local.operations = Operations(ctx)
+        try:
+            ctx.run_migrations()
+        finally:
+            _local.operations = None
+        return before, self.current(conn, schema)
+
+    def stamp(self, conn: Connection, schema: str | None, revision: str | None = None) -> None:
+        """Record *revision* (default: head) without running any script."""
+        target = revision or self.head
+        if target is None:
+            return
+        ctx = self._context(conn, schema)
+        try:
+            ctx.stamp(self.script, target)
+        except CommandError as exc:
+            raise MigrationError(f"{self.kind} migrations: cannot stamp {target!r}: {exc}") from exc
+
+    def stamp_statements(self, dialect_name: str, schema: str | None) -> list[Executable]:
+        """CREATE TABLE and INSERT that record head (for provisioning scripts).
+
+        The table is Alembic's own definition (name, column, primary key), so
+        Alembic later reads it like one it made itself.
+        """
+        if self.head is None:
+            return []
+        ctx = MigrationContext.configure(
+            dialect_name=dialect_name,
+            opts={"version_table": self.version_table, "version_table_schema": schema},
+        )
+        table: Table = ctx._version
+        return [CreateTable(table), insert(table).values(version_num=self.head)]
