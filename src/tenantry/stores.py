@@ -27,6 +27,7 @@ from sqlalchemy.pool import NullPool
 from tenantry.config import StoreConfig
 from tenantry.errors import ConfigError, UnsupportedIsolation
 from tenantry.ids import validate_identifier, validate_tenant_id
+from tenantry.isolation.postgres import CLAIM_SESSION_OPTIONS
 from tenantry.logs import get_logger
 from tenantry.models import TENANT_SCHEMA, TENANTRY_SCHEMA
 
@@ -268,7 +269,8 @@ class Store:
 
         The fair claim statement costs more to plan than to run, so its
         connections plan each prepared statement once
-        (``plan_cache_mode=force_generic_plan``). Only statements whose
+        (``plan_cache_mode=force_generic_plan``; see ``CLAIM_SESSION_SETTINGS``
+        for the rest). Only statements whose
         partial-index predicates are literals run here (claims and their
         acknowledgements); a generic plan cannot match a partial index
         against a bound parameter. SQLite has no plans to cache: the queue
@@ -284,7 +286,7 @@ class Store:
                     self._url(admin=admin, is_async=True),
                     small=True,
                     ping=False,
-                    connect_args={"options": "-c plan_cache_mode=force_generic_plan"},
+                    connect_args={"options": CLAIM_SESSION_OPTIONS},
                 ).execution_options(tenantry_generic_plans=True)
                 self._async_engines["claims"] = engine
             return engine

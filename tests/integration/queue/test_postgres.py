@@ -60,6 +60,33 @@ def _claim_plan(
     return _nodes(report["Plan"])
 
 
+def _analyzed_claim_plan(conn: Connection, run: Callable[[], object]) -> list[dict[str, Any]]:
+    """The claim's plan with actual row counts, in the settings the claim sets itself."""
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    notices: list[str] = []
+
+    def on_notice(diag: Any) -> None:
+        notices.append(str(diag.message_primary or ""))
+
+    raw.add_notice_handler(on_notice)
+    try:
+        conn.exec_driver_sql("LOAD 'auto_explain'")
+        conn.exec_driver_sql("SET LOCAL auto_explain.log_min_duration = 0")
+        conn.exec_driver_sql("SET LOCAL auto_explain.log_analyze = on")
+        conn.exec_driver_sql("SET LOCAL auto_explain.log_level = 'notice'")
+        conn.exec_driver_sql("SET LOCAL auto_explain.log_format = 'json'")
+        run()
+        conn.rollback()
+    finally:
+        raw.remove_notice_handler(on_notice)
+        conn.invalidate()
+    plans = [n for n in notices if "tenantry_jobs" in n and "lease_token" in n]
+    assert len(plans) == 1, notices
+    report = json.loads(plans[0].split("plan:", 1)[1])
+    return _nodes(report["Plan"])
+
+
 @pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
 @pytest.mark.parametrize("tenants", [None, ["acme"]])
 @pytest.mark.parametrize("fair", [True, False], ids=["fair", "fifo"])
@@ -133,6 +160,56 @@ def test_claim_reads_the_partial_index_not_the_table(
                 "'available'" in scan.get("Index Cond", "")
             ), scan
     assert env.counts("acme")["available"] == 5  # the claim was rolled back
+
+
+@pytest.mark.parametrize("fair", [True, False], ids=["fair", "fifo"])
+def test_claim_reads_a_batch_not_the_backlog_without_statistics(
+    make_tenantry: TenantryFactory, fair: bool
+) -> None:
+    """Right after a bulk enqueue the table has no statistics; the claim must not care.
+
+    The planner then believes the runnable set is a handful of rows, and a plan
+    that reads all of them and sorts (through the FIFO index) looks as cheap
+    as the ordered index scan. The worker prepares its claims once per
+    connection, so such a plan would stay for the connection's life: every
+    claim would read the whole backlog. A regression test for a plan seen.
+    """
+    env = build_env(make_tenantry, "postgresql", "shared", noop_registry(), ("acme", "globex"))
+    source = env.source("acme")
+    with source.engine().connect() as conn:
+        conn.exec_driver_sql("ALTER TABLE tenantry.tenantry_jobs SET (autovacuum_enabled = off)")
+        conn.commit()
+    env.enqueue_many("acme", "record", [{"n": i} for i in range(3000)])
+    env.enqueue_many("globex", "record", [{"n": i} for i in range(5)])
+    claimed: list[Job] = []
+    with source.engine().connect() as conn:
+        plan = _analyzed_claim_plan(
+            conn,
+            lambda: claimed.extend(
+                source.backend.claim(
+                    conn,
+                    worker_id="explain",
+                    queues=["default"],
+                    limit=10,
+                    lease_seconds=30,
+                    tenants=None,
+                    fair=fair,
+                )
+            ),
+        )
+    assert len(claimed) == 10
+    # Rows each scan of the jobs table produced or filtered out, over all its loops.
+    read = [
+        (
+            n["Node Type"],
+            n.get("Index Name"),
+            (n["Actual Rows"] + n.get("Rows Removed by Filter", 0)) * n["Actual Loops"],
+        )
+        for n in plan
+        if n.get("Relation Name") == "tenantry_jobs"
+    ]
+    assert read
+    assert max(rows for *_, rows in read) <= 50, read
 
 
 @pytest.mark.parametrize("mode", ["shared", "schema"])

@@ -282,6 +282,13 @@ class PostgresBackend(QueueBackend):
             "held_tenants": list(held or ()),
             "held_counts": [float(v) for v in (held or {}).values()],
         }
+        # Plan once, not per batch: planning this statement costs more than
+        # running it. Every predicate the partial indexes need is a literal, so
+        # the generic plan uses them (tests check the plan in both modes). The
+        # worker's claim engine sets these per connection, saving a round trip;
+        # see CLAIM_SESSION_SETTINGS for why each is set.
+        if not conn.get_execution_options().get("tenantry_generic_plans"):
+            conn.exec_driver_sql(pg.CLAIM_SET_LOCAL)
         locked: list[str] = []
         if check_limits:
             lock_sql = _LOCK_LIMITED.format(
@@ -294,12 +301,6 @@ class PostgresBackend(QueueBackend):
             queue_filter2=queue_filter.replace("j.queue", "j2.queue"),
             tenant_filter=" AND j.tenant_id = ANY(%(tenants)s)" if tenants is not None else "",
         )
-        # Plan once, not per batch: planning this statement costs more than
-        # running it. Every predicate the partial indexes need is a literal, so
-        # the generic plan uses them (tests check the plan in both modes). The
-        # worker's claim engine sets this per connection, saving a round trip.
-        if not conn.get_execution_options().get("tenantry_generic_plans"):
-            conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
         params.update(
             locked=locked,
             limit=limit,
