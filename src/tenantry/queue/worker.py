@@ -29,7 +29,6 @@ import threading
 import time
 import traceback
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
@@ -55,6 +54,7 @@ from tenantry.logs import get_logger
 from tenantry.queue import control
 from tenantry.queue.backends.postgres import CHANNEL
 from tenantry.queue.backends.sqlite import wakeups
+from tenantry.queue.buffer import AdaptivePrefetch, FixedPrefetch, JobBuffer
 from tenantry.queue.client import Queue
 from tenantry.queue.context import JobContext
 from tenantry.queue.fairness import Contender, shares, virtual_key
@@ -171,6 +171,7 @@ class Worker:
         *,
         concurrency: int = 10,
         prefetch: int | None = None,
+        max_prefetch: int | None = None,
         queues: Sequence[str] | None = None,
         stores: Sequence[str] | None = None,
         tenants: Sequence[str] | None = None,
@@ -196,7 +197,17 @@ class Worker:
         self.registry = registry
         self.queue = Queue(tenantry, registry)
         self.concurrency = concurrency
-        self.prefetch = concurrency if prefetch is None else prefetch
+        #: ``None``: adaptive (see ``AdaptivePrefetch``), between ``concurrency``
+        #: and ``max_prefetch`` jobs held beyond the running ones.
+        self.prefetch = prefetch
+        self.max_prefetch = (
+            max(concurrency, min(20 * concurrency, 1000)) if max_prefetch is None else max_prefetch
+        )
+        self._prefetch: AdaptivePrefetch | FixedPrefetch = (
+            AdaptivePrefetch(concurrency, self.max_prefetch)
+            if prefetch is None
+            else FixedPrefetch(prefetch)
+        )
         self.queues = list(queues) if queues else (registry.queues or ["default"])
         self.store_filter = list(stores) if stores else None
         self.tenant_filter = list(tenants) if tenants else None
@@ -222,7 +233,7 @@ class Worker:
         self._sources: list[JobSource] = []
         self._rotation = 0
         self._held: dict[tuple[str, int], _Held] = {}
-        self._buffer: deque[_Held] = deque()
+        self._buffer: JobBuffer[_Held] = JobBuffer(fair=fair)
         self._running = 0
         self._active: dict[str, int] = {}  # running jobs per tenant in this worker
         self._to_complete: dict[str, list[_Held]] = {}
@@ -332,13 +343,13 @@ class Worker:
                 await asyncio.sleep(1.0)
 
     async def _claim_loop(self) -> None:
-        capacity = self.concurrency + self.prefetch
-        # Claim in batches: each claim is a commit, so topping up one job at a
-        # time would cost a round trip (and an fsync) per job.
-        min_batch = max(1, capacity // 2)
         while not self._stopping:
             self._wake.clear()
             self._start_buffered()
+            capacity = self.concurrency + self._prefetch.value(time.monotonic())
+            # Claim in batches: each claim is a commit, so topping up one job
+            # at a time would cost a round trip (and an fsync) per job.
+            min_batch = max(1, capacity // 2)
             want = capacity - self._running - len(self._buffer)
             got = 0
             if want >= min_batch or (want > 0 and not self._buffer):
@@ -352,27 +363,16 @@ class Worker:
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
 
     def _start_buffered(self) -> None:
+        started = 0
         while self._buffer and self._running < self.concurrency and not self._stopping:
-            held = self._next_buffered()
+            held = self._buffer.pop_next(self._active)
             self._running += 1
             tenant_id = held.job.tenant_id
             self._active[tenant_id] = self._active.get(tenant_id, 0) + 1
             self._counters(tenant_id).started += 1
             held.task = asyncio.create_task(self._run_job(held))
-
-    def _next_buffered(self) -> _Held:
-        """The prefetched job to start next: its tenant runs the fewest jobs here.
-
-        Without this, a tenant's single job claimed just now would wait behind
-        everything prefetched earlier for a busier tenant. In claim order
-        otherwise (``min`` keeps the first of equals). With ``fair=False``: FIFO.
-        """
-        if not self.fair or len(self._buffer) == 1:
-            return self._buffer.popleft()
-        active = self._active
-        best = min(self._buffer, key=lambda h: active.get(h.job.tenant_id, 0))
-        self._buffer.remove(best)
-        return best
+            started += 1
+        self._prefetch.started(started)
 
     async def _claim_round(self, want: int) -> int:
         """Claim up to *want* jobs, shared fairly between the sources that may have some.
@@ -487,7 +487,9 @@ class Worker:
                 "claim from %s failed (%s); retrying in %.1fs", source.key, _short(exc), delay
             )
             return 0
-        self._observe("claimed", jobs, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self._prefetch.claimed(seconds)
+        self._observe("claimed", jobs, seconds)
         self._backoff.ok(source.key)
         if jobs:
             self._idle.pop(source.key, None)
@@ -904,8 +906,7 @@ class Worker:
 
     def _lease_lost(self, held: _Held) -> None:
         """The job was cancelled or taken over: do not start it; tell a running handler."""
-        if held in self._buffer:
-            self._buffer.remove(held)
+        if self._buffer.remove(held):
             self._forget(held)
             log.info("job %s was cancelled or taken over before it started", held.job.id)
             return
@@ -1060,8 +1061,7 @@ class Worker:
     # -- shutdown ---------------------------------------------------------------------
     async def _drain(self) -> None:
         """Let running jobs finish within the grace period, then hand the rest back."""
-        buffered = list(self._buffer)
-        self._buffer.clear()
+        buffered = self._buffer.clear()
         await self._release(buffered)
         pending: set[asyncio.Future[Any]] = {
             h.task for h in self._held.values() if h.task is not None and not h.task.done()

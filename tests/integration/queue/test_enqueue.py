@@ -158,7 +158,8 @@ def test_enqueue_many_is_a_single_insert_statement(
     def spy(
         conn: Connection, cursor: Any, statement: str, params: Any, context: Any, many: bool
     ) -> None:
-        if statement.lstrip().upper().startswith("INSERT") and "tenantry_jobs" in statement:
+        # On PostgreSQL the INSERT sits in a CTE beside the NOTIFY (one statement).
+        if "INSERT INTO" in statement.upper() and "tenantry_jobs" in statement:
             inserts.append(statement)
 
     with tenant_context("acme"), env.t.session() as s:

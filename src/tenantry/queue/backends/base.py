@@ -73,6 +73,23 @@ class QueueBackend:
         raise NotImplementedError
 
     # -- enqueue -----------------------------------------------------------------
+    def write_jobs(
+        self, conn: Connection, rows: Sequence[dict[str, Any]], *, owner: bool = False
+    ) -> list[Inserted]:
+        """Insert *rows* and wake the workers of their queues (once committed).
+
+        ``owner``: *conn* is tenantry's own connection as the table's owner
+        (not a tenant session), which allows a faster bulk path where the
+        dialect has one.
+        """
+        inserted = self.insert_jobs(conn, rows)
+        self.notify(conn, {r["queue"] for r in rows})
+        return inserted
+
+    def writes_in_one_statement(self, rows: Sequence[dict[str, Any]]) -> bool:
+        """Whether ``write_jobs`` is a single statement, atomic without a transaction."""
+        return False
+
     def insert_jobs(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> list[Inserted]:
         """Insert *rows*; rows with an idempotency key may resolve to an existing job.
 

@@ -8,12 +8,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
+import psycopg
 from sqlalchemy import ColumnElement, Connection, Insert, func, literal, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.util import await_only
 
 from tenantry.isolation import postgres as pg
 from tenantry.models import TENANTRY_SCHEMA
-from tenantry.queue.backends.base import Lease, QueueBackend
+from tenantry.queue.backends.base import Inserted, Lease, QueueBackend
 from tenantry.queue.fairness import interleave
 from tenantry.queue.job import Job
 from tenantry.queue.schema import control_table, create_queue_tables, jobs_table
@@ -74,7 +76,9 @@ RETURNING j.*
 # that index is the one plan that needs no sort: with ``tenant_id = <outer
 # row>`` the planner cannot tell how many rows a tenant has, and without the
 # ORDER BY it may pick a scan that reads every runnable job (a generic plan
-# did exactly that).
+# did exactly that). The queue filter is kept out of index conditions for the
+# same reason (see claim_fair), and the claim sessions make sorting the
+# planner's last resort (CLAIM_SESSION_SETTINGS).
 _CLAIM_FAIR = f"""
 WITH RECURSIVE busy(tenant_id, head) AS (
     (SELECT j.tenant_id, j.scheduled_at FROM {_TABLE} j
@@ -188,6 +192,34 @@ RETURNING j.id
 """
 
 
+def _copy_row(job_id: int, row: Mapping[str, Any]) -> tuple[Any, ...]:
+    errors = row["errors"]
+    return (
+        job_id,
+        row["tenant_id"],
+        row["queue"],
+        row["kind"],
+        json.dumps(row["payload"]),
+        row["priority"],
+        row["state"],
+        row["attempt"],
+        row["max_attempts"],
+        row["scheduled_at"],
+        json.dumps(errors) if errors else "[]",
+        row.get("idempotency_key"),
+        row.get("correlation_id"),
+        row["created_at"],
+    )
+
+
+async def _copy_async(
+    raw: psycopg.AsyncConnection[Any], ids: list[int], rows: Sequence[Mapping[str, Any]]
+) -> None:
+    async with raw.cursor() as cur, cur.copy(_COPY) as copy:
+        for job_id, row in zip(ids, rows, strict=True):
+            await copy.write_row(_copy_row(job_id, row))
+
+
 def _lease_params(leases: Sequence[Lease]) -> dict[str, Any]:
     return {"ids": [i for i, _ in leases], "tokens": [t for _, t in leases]}
 
@@ -218,8 +250,76 @@ _BULK_INSERT = (
 )
 
 
+# The same INSERT and the NOTIFY in one statement: an enqueue outside a
+# transaction is then one round trip. The uncorrelated subquery is a one-time
+# filter, run once per statement whatever the number of rows.
+_BULK_INSERT_NOTIFY = (
+    f"WITH ins AS ({_BULK_INSERT}), "
+    "wake AS (SELECT pg_notify(%(channel)s, q) FROM unnest(%(wake)s::text[]) AS q) "
+    "SELECT id FROM ins WHERE (SELECT count(*) FROM wake) >= 0"
+)
+
+
+# Bulk enqueue through tenantry's own connection: COPY, about twice the rate of
+# the INSERT above (measured 91-130k against 47-55k rows/s for 20,000 rows).
+# COPY returns no ids, so they are drawn from the sequence first, in order.
+_COPY_COLUMNS = ("id", *(c for c, _ in _BULK_COLUMNS))  # the order of _copy_row
+_COPY = f"COPY {_TABLE} ({', '.join(_COPY_COLUMNS)}) FROM STDIN"
+_NEXT_IDS = (
+    f"SELECT array(SELECT nextval(pg_get_serial_sequence('{_TABLE}', 'id')) "
+    "FROM generate_series(1, %(n)s))"
+)
+#: Fewer rows than this go in with the one-statement INSERT (one round trip).
+COPY_MIN_ROWS = 200
+
+
 class PostgresBackend(QueueBackend):
     dialect: ClassVar[str] = "postgresql"
+
+    def writes_in_one_statement(self, rows: Sequence[Mapping[str, Any]]) -> bool:
+        return len(rows) < COPY_MIN_ROWS and all(r.get("idempotency_key") is None for r in rows)
+
+    def write_jobs(
+        self, conn: Connection, rows: Sequence[dict[str, Any]], *, owner: bool = False
+    ) -> list[Inserted]:
+        keyless = all(r.get("idempotency_key") is None for r in rows)
+        if owner and keyless and len(rows) >= COPY_MIN_ROWS:
+            return self._copy_jobs(conn, rows)
+        if not keyless:
+            return super().write_jobs(conn, rows)
+        params = self._bulk_params(rows)
+        params.update(channel=CHANNEL, wake=sorted({r["queue"] for r in rows}))
+        ids = conn.exec_driver_sql(_BULK_INSERT_NOTIFY, params).scalars()
+        return [Inserted(i, True) for i in sorted(int(i) for i in ids)]
+
+    def _copy_jobs(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> list[Inserted]:
+        """COPY the rows in; only on tenantry's own (owner) connection.
+
+        ``COPY FROM`` is refused on a table with row-level security for roles
+        it applies to, so a tenant session (or a caller's connection) takes
+        the INSERT path instead.
+        """
+        ids: list[int] = conn.exec_driver_sql(_NEXT_IDS, {"n": len(rows)}).scalar_one()
+        raw = conn.connection.driver_connection
+        if isinstance(raw, psycopg.AsyncConnection):
+            await_only(_copy_async(raw, ids, rows))
+        else:
+            assert isinstance(raw, psycopg.Connection)
+            with raw.cursor() as cur, cur.copy(_COPY) as copy:
+                for job_id, row in zip(ids, rows, strict=True):
+                    copy.write_row(_copy_row(job_id, row))
+        self.notify(conn, {r["queue"] for r in rows})
+        return [Inserted(i, True) for i in ids]
+
+    @staticmethod
+    def _bulk_params(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        for column, kind in _BULK_COLUMNS:
+            if kind == "jsonb":
+                params[column] = [json.dumps(row.get(column)) for row in rows]
+            else:
+                params[column] = [row.get(column) for row in rows]
+        return params
 
     def insert_many_ids(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
         """One INSERT ... SELECT FROM unnest(arrays) for any number of rows.
@@ -227,12 +327,7 @@ class PostgresBackend(QueueBackend):
         Rows are inserted in array order, so identity values are assigned in
         that order too: the returned ids, sorted, pair with the rows.
         """
-        params: dict[str, list[Any]] = {c: [] for c, _ in _BULK_COLUMNS}
-        for row in rows:
-            for column, kind in _BULK_COLUMNS:
-                value = row.get(column)
-                params[column].append(json.dumps(value) if kind == "jsonb" else value)
-        ids = conn.exec_driver_sql(_BULK_INSERT, params).scalars()
+        ids = conn.exec_driver_sql(_BULK_INSERT, self._bulk_params(rows)).scalars()
         return sorted(int(i) for i in ids)
 
     def claim_fifo(
@@ -274,7 +369,18 @@ class PostgresBackend(QueueBackend):
         held: Mapping[str, float] | None = None,
         check_limits: bool = True,
     ) -> list[Job]:
-        queue_filter = "j.queue = %(queue)s" if len(queues) == 1 else "j.queue = ANY(%(queues)s)"
+        # ``IS TRUE`` keeps the queue filter from being an index condition. As
+        # one, it let a per-tenant scan (``tenant_id = x``, so ordered by
+        # priority, scheduled_at, id) run on the FIFO index (queue, priority,
+        # scheduled_at, id) without a sort, filtering tenant_id: reading every
+        # other tenant's runnable jobs on the way. A generic plan made before
+        # the table had statistics chose that (a regression test has it).
+        # Now only ix_tenantry_jobs_fair serves these scans without a sort.
+        queue_filter = (
+            "(j.queue = %(queue)s) IS TRUE"
+            if len(queues) == 1
+            else "(j.queue = ANY(%(queues)s)) IS TRUE"
+        )
         params: dict[str, Any] = {
             "queue": queues[0],
             "queues": list(queues),
