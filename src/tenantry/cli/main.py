@@ -651,6 +651,19 @@ def queue_stats(state: CliState, tenant_id: str | None, window: float, as_json: 
     help="Jobs run at the same time.",
 )
 @click.option(
+    "--prefetch",
+    default=None,
+    type=click.IntRange(0),
+    help="Claimed jobs held beyond the running ones "
+    "(default: adaptive, from --concurrency up to --max-prefetch).",
+)
+@click.option(
+    "--max-prefetch",
+    default=None,
+    type=click.IntRange(0),
+    help="Upper bound of the adaptive prefetch (default: 20 x concurrency, at most 1000).",
+)
+@click.option(
     "--queue",
     "queues",
     multiple=True,
@@ -691,6 +704,8 @@ def worker(
     state: CliState,
     app_ref: str,
     concurrency: int,
+    prefetch: int | None,
+    max_prefetch: int | None,
     queues: tuple[str, ...],
     stores: tuple[str, ...],
     tenant_ids: tuple[str, ...],
@@ -714,6 +729,8 @@ def worker(
         tenantry,
         registry,
         concurrency=concurrency,
+        prefetch=prefetch,
+        max_prefetch=max_prefetch,
         queues=queues or None,
         stores=stores or None,
         tenants=tenant_ids or None,
