@@ -23,6 +23,7 @@ from tenantry import ConfigError, QueueSettings
 from tenantry.queue.fairness import (
     Contender,
     interleave,
+    next_after,
     rate_allowance,
     rate_tokens,
     shares,
@@ -424,3 +425,19 @@ def test_effective_burst_defaults_to_one_seconds_worth_and_at_least_one() -> Non
 def test_queue_settings_rejected(queue: Any) -> None:
     with pytest.raises(ConfigError):
         QueueSettings.from_settings({"queue": queue})
+
+
+def test_next_window_starts_after_the_last_tenant_served_in_window_order() -> None:
+    catalog = [f"t{i}" for i in range(10)]
+    # Served within the window t5..t9, then wrapped around to t0..t5.
+    assert next_after("t4", ["t6", "t9"], catalog, 3) == "t9"
+    assert next_after("t4", ["t6", "t9", "t1", "t0"], catalog, 3) == "t1"
+    assert next_after("", ["t2", "t7"], catalog, 3) == "t7"
+
+
+def test_an_empty_window_moves_on_through_the_catalog() -> None:
+    catalog = [f"t{i}" for i in range(10)]
+    assert next_after("", [], catalog, 3) == "t2"
+    assert next_after("t2", [], catalog, 3) == "t5"
+    assert next_after("t8", [], catalog, 3) == "t1"  # wraps around
+    assert next_after("t4", [], catalog[:3], 3) == ""  # the window holds them all

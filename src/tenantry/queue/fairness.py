@@ -19,6 +19,7 @@ tests check they agree.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from dataclasses import dataclass
@@ -38,6 +39,32 @@ class _Claimed(Protocol):
 
 
 _J = TypeVar("_J", bound=_Claimed)
+
+#: Busy tenants one PostgreSQL claim looks at (at least the batch size). With
+#: more, each claim takes the next window in tenant id order (``next_after``),
+#: so a claim's cost does not grow with the number of busy tenants, and the
+#: rule above holds within each window; over a cycle of windows every busy
+#: tenant is looked at.
+FAIR_WINDOW = 256
+
+
+def next_after(after: str, claimed: list[str], catalog: list[str], window: int) -> str:
+    """Where the next claim's window starts.
+
+    After the last tenant served, in window order (ids above *after*, then
+    wrapped around to those at or below it): tenants of the window that were
+    not reached come first next time. If nothing was claimed (the window held
+    only paused or limited tenants), the window moves on by *window* tenants of
+    the sorted *catalog*, so a run of ineligible tenants cannot hold it.
+    """
+    if claimed:
+        above = [t for t in claimed if t > after]
+        wrapped = [t for t in claimed if t <= after]
+        return max(wrapped) if wrapped else max(above)
+    if len(catalog) <= window:
+        return ""
+    start = bisect.bisect_right(catalog, after)
+    return catalog[(start + window - 1) % len(catalog)]
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ from tenantry.queue.backends.sqlite import wakeups
 from tenantry.queue.buffer import AdaptivePrefetch, FixedPrefetch, JobBuffer
 from tenantry.queue.client import Queue
 from tenantry.queue.context import JobContext
-from tenantry.queue.fairness import Contender, shares, virtual_key
+from tenantry.queue.fairness import FAIR_WINDOW, Contender, next_after, shares, virtual_key
 from tenantry.queue.job import Job, utcnow
 from tenantry.queue.registry import Handler, JobRegistry
 from tenantry.queue.retry import RetryPolicy
@@ -250,7 +250,9 @@ class Worker:
         self._synced: dict[str, tuple[str, datetime]] = {}  # tenant -> (source, updated_at)
         self._recent: dict[str, tuple[float, float]] = {}  # tenant -> (decaying starts, when)
         self._weights: dict[str, int] = {}  # tenant -> fair-share weight (catalog)
-        self._source_tenants: dict[str, list[str]] = {}  # source key -> its tenants
+        self._source_tenants: dict[str, list[str]] = {}  # source key -> its tenants, sorted
+        self._source_members: dict[str, frozenset[str]] = {}  # the same, for lookups
+        self._after: dict[str, str] = {}  # source key -> where its next fair window starts
         self._last_full_sync = 0.0
         self._unsubscribe: list[Callable[[], None]] = []
         self._listeners: dict[str, asyncio.Task[None]] = {}
@@ -446,7 +448,8 @@ class Worker:
     ) -> tuple[int, float]:
         if source.tenant_id is not None:
             return self._weights.get(source.tenant_id, 1), loads.get(source.tenant_id, 0.0)
-        busy = [t for t in self._source_tenants.get(source.key, ()) if loads.get(t, 0.0) > 0]
+        members = self._source_members.get(source.key, frozenset())
+        busy = [t for t, load in loads.items() if load > 0 and t in members]
         weight = sum(self._weights.get(t, 1) for t in busy)
         return max(1, weight), sum(loads[t] for t in busy)
 
@@ -521,9 +524,11 @@ class Worker:
         leases = [(h.job.id, h.job.lease_token or "") for h in acks]
         tenants = self._tenants_for(source)
         loads = self._loads(time.monotonic())
-        held = {t: loads[t] for t in self._source_tenants.get(source.key, ()) if t in loads}
+        members = self._source_members.get(source.key, frozenset())
+        held = {t: load for t, load in loads.items() if t in members}
         if source.tenant_id is not None and source.tenant_id in loads:
             held = {source.tenant_id: loads[source.tenant_id]}
+        after = self._after.get(source.key, "")
 
         def work(c: Connection) -> tuple[set[int], list[Job]]:
             done = backend.complete(c, leases) if leases else set()
@@ -536,6 +541,7 @@ class Worker:
                 tenants=tenants,
                 fair=self.fair,
                 held=held,
+                after=after,
             )
             return done, jobs
 
@@ -547,6 +553,13 @@ class Worker:
                 self._to_complete.setdefault(source.key, [])[:0] = acks
             raise
         self._acknowledged(acks, done)
+        if self.fair and source.tenant_id is None:
+            self._after[source.key] = next_after(
+                after,
+                [j.tenant_id for j in jobs],
+                self._source_tenants.get(source.key, []),
+                max(FAIR_WINDOW, limit),
+            )
         return jobs
 
     def _tenants_for(self, source: JobSource) -> list[str] | None:
@@ -991,7 +1004,8 @@ class Worker:
                 listener.cancel()
             self._abandon(key)
         self._sources = sources
-        self._source_tenants = {key: [t.id for t in m] for key, (_, m) in grouped.items()}
+        self._source_tenants = {key: sorted(t.id for t in m) for key, (_, m) in grouped.items()}
+        self._source_members = {k: frozenset(v) for k, v in self._source_tenants.items()}
         self._weights = {t.id: _weight(t) for _, m in grouped.values() for t in m}
         await asyncio.to_thread(self._sync_controls, grouped)
 

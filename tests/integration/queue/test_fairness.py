@@ -21,7 +21,14 @@ import pytest
 from sqlalchemy import delete, select
 
 from tenantry.queue import Job, JobState
-from tenantry.queue.fairness import Contender, rate_allowance, rate_tokens, shares
+from tenantry.queue.fairness import (
+    FAIR_WINDOW,
+    Contender,
+    next_after,
+    rate_allowance,
+    rate_tokens,
+    shares,
+)
 from tenantry.queue.job import as_utc, utcnow
 from tenantry.queue.schema import control_table as C
 from tenantry.queue.schema import jobs_table as J
@@ -467,3 +474,75 @@ def test_a_control_row_written_without_paused_does_not_pause_its_tenant(
             conn, worker_id="w", queues=["default"], limit=10, lease_seconds=30, fair=True
         )
     assert len(jobs) == 3
+
+
+@pytest.mark.postgres
+def test_more_busy_tenants_than_the_window_all_get_their_turn(
+    make_tenantry: TenantryFactory,
+) -> None:
+    """With more busy tenants than FAIR_WINDOW, claims move through the windows.
+
+    Each claim looks at one window, so its cost stays bounded; ``next_after``
+    moves the window on, so every tenant is served in turn: the first 1,000
+    jobs claimed belong to 1,000 different tenants. Then a run of paused
+    tenants longer than the window does not stop the cycle: every other
+    tenant's jobs are still all claimed, and none of the paused ones.
+    """
+    env = build_env(make_tenantry, "postgresql", "shared", noop_registry(), ("ta",))
+    source = env.source("ta")
+    backend_ = source.backend
+    tenants = sorted(f"w{i:04d}" for i in range(1000))
+    base = utcnow() - timedelta(minutes=5)
+    rows = [
+        {
+            "tenant_id": tenant_id,
+            "queue": "default",
+            "kind": "record",
+            "payload": {"n": n, "key": "", "sleep": 0.0},
+            "priority": 0,
+            "state": JobState.AVAILABLE.value,
+            "attempt": 0,
+            "max_attempts": 3,
+            "scheduled_at": base + timedelta(milliseconds=i),
+            "errors": [],
+            "idempotency_key": None,
+            "correlation_id": None,
+            "created_at": base,
+        }
+        for i, tenant_id in enumerate(tenants)
+        for n in range(3)
+    ]
+    with source.engine().begin() as conn:
+        backend_.insert_jobs(conn, rows)
+    served: list[str] = []
+    after = ""
+
+    def claim_rounds(n: int) -> None:
+        nonlocal after
+        for _ in range(n):
+            with source.engine().begin() as conn:
+                jobs = backend_.claim(
+                    conn,
+                    worker_id="w",
+                    queues=["default"],
+                    limit=20,
+                    lease_seconds=30,
+                    fair=True,
+                    held=Counter(served),  # what a worker's load would remember
+                    after=after,
+                )
+            served.extend(j.tenant_id for j in jobs)
+            after = next_after(after, [j.tenant_id for j in jobs], tenants, FAIR_WINDOW)
+
+    claim_rounds(50)
+    assert len(served) == 1000
+    assert len(set(served)) == 1000, Counter(served).most_common(3)
+
+    paused = tenants[100:400]  # longer than the window, and the cursor is before it
+    for tenant_id in paused:
+        insert_control(source, tenant_id, weight=1, paused=True)
+    after = tenants[50]
+    served.clear()
+    claim_rounds(120)
+    assert not set(served) & set(paused)
+    assert Counter(served) == {t: 2 for t in tenants if t not in paused}

@@ -160,6 +160,7 @@ class QueueBackend:
         fair: bool = True,
         held: Mapping[str, float] | None = None,
         check_limits: bool = True,
+        after: str = "",
     ) -> list[Job]:
         """Move up to *limit* available jobs to ``running`` under a fresh lease token.
 
@@ -172,6 +173,9 @@ class QueueBackend:
         "running"). ``check_limits=False`` skips taking the claim locks of
         limited tenants when the caller knows there are none; such tenants,
         should one exist after all, are then left out, never over-served.
+
+        ``after``: where the fair claim's window of busy tenants starts (see
+        ``FAIR_WINDOW``); the caller moves it on from claim to claim.
         """
         if not fair:
             return self.claim_fifo(
@@ -191,6 +195,7 @@ class QueueBackend:
             tenants=tenants,
             held=held,
             check_limits=check_limits,
+            after=after,
         )
 
     def claim_fifo(
@@ -229,6 +234,7 @@ class QueueBackend:
         tenants: Sequence[str] | None,
         held: Mapping[str, float] | None = None,
         check_limits: bool = True,
+        after: str = "",
     ) -> list[Job]:
         raise NotImplementedError
 

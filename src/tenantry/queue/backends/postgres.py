@@ -16,7 +16,7 @@ from sqlalchemy.util import await_only
 from tenantry.isolation import postgres as pg
 from tenantry.models import TENANTRY_SCHEMA
 from tenantry.queue.backends.base import Inserted, Lease, QueueBackend
-from tenantry.queue.fairness import interleave
+from tenantry.queue.fairness import FAIR_WINDOW, interleave
 from tenantry.queue.job import Job
 from tenantry.queue.schema import control_table, create_queue_tables, jobs_table
 
@@ -55,9 +55,14 @@ WHERE j.id = ANY(ARRAY(
 RETURNING j.*
 """
 # Fair claim (see ``queue/fairness.py`` for the rule), one statement:
-# ``busy``     the tenants with runnable jobs and when their next job became
-#              due (``head``): a loose index scan, one probe per tenant,
-#              however long any tenant's backlog is;
+# ``ahead``,   a window of up to ``window`` tenants with runnable jobs, in
+# ``behind``   tenant id order from ``after`` on, wrapping around to the
+#              start, each with when its next job became due (``head``): a
+#              loose index scan, one probe per tenant, however long any
+#              tenant's backlog is. With more busy tenants than the window,
+#              the worker moves ``after`` on from claim to claim, so the cost
+#              of a claim stays bounded with ten thousand busy tenants and
+#              every tenant's turn comes (FAIR_WINDOW);
 # ``ctl``      per busy tenant: its control row (paused tenants drop out,
 #              limited ones only if this transaction holds their row lock,
 #              see _LOCK_LIMITED), ``held`` (its jobs this worker holds), and
@@ -79,18 +84,33 @@ RETURNING j.*
 # did exactly that). The queue filter is kept out of index conditions for the
 # same reason (see claim_fair), and the claim sessions make sorting the
 # planner's last resort (CLAIM_SESSION_SETTINGS).
+def _next_busy(prev: str, upto: str = "") -> str:
+    """One probe of the loose scan: the next tenant after *prev* with a runnable job."""
+    return (
+        f"SELECT j.tenant_id, j.scheduled_at FROM {_TABLE} j "
+        "WHERE j.state = 'available' AND {queue_filter}{tenant_filter} "
+        f"AND j.tenant_id > {prev}{upto} "
+        "ORDER BY j.tenant_id, j.priority DESC, j.scheduled_at, j.id LIMIT 1"
+    )
+
+
+_BEFORE_AFTER = " AND j.tenant_id <= %(after)s"
 _CLAIM_FAIR = f"""
-WITH RECURSIVE busy(tenant_id, head) AS (
-    (SELECT j.tenant_id, j.scheduled_at FROM {_TABLE} j
-     WHERE j.state = 'available' AND {{queue_filter}}{{tenant_filter}}
-     ORDER BY j.tenant_id, j.priority DESC, j.scheduled_at, j.id LIMIT 1)
+WITH RECURSIVE ahead(tenant_id, head, n) AS (
+    (SELECT x.tenant_id, x.scheduled_at, 1 FROM ({_next_busy("%(after)s")}) x)
     UNION ALL
-    SELECT n.tenant_id, n.scheduled_at FROM busy b CROSS JOIN LATERAL (
-        SELECT j.tenant_id, j.scheduled_at FROM {_TABLE} j
-        WHERE j.state = 'available' AND {{queue_filter}}{{tenant_filter}}
-          AND j.tenant_id > b.tenant_id
-        ORDER BY j.tenant_id, j.priority DESC, j.scheduled_at, j.id LIMIT 1
-    ) n
+    SELECT x.tenant_id, x.scheduled_at, a.n + 1
+    FROM ahead a CROSS JOIN LATERAL ({_next_busy("a.tenant_id")}) x
+    WHERE a.n < %(window)s
+), behind(tenant_id, head, n) AS (
+    (SELECT x.tenant_id, x.scheduled_at, 1 FROM ({_next_busy("''", _BEFORE_AFTER)}) x
+     WHERE (SELECT count(*) FROM ahead) < %(window)s)
+    UNION ALL
+    SELECT x.tenant_id, x.scheduled_at, b.n + 1
+    FROM behind b CROSS JOIN LATERAL ({_next_busy("b.tenant_id", _BEFORE_AFTER)}) x
+    WHERE b.n + (SELECT count(*) FROM ahead) < %(window)s
+), busy AS (
+    SELECT tenant_id, head FROM ahead UNION ALL SELECT tenant_id, head FROM behind
 ), ctl AS (
     SELECT b.tenant_id, b.head, coalesce(c.weight, 1) AS weight, coalesce(h.n, 0) AS held,
            lvl.level,
@@ -368,6 +388,7 @@ class PostgresBackend(QueueBackend):
         tenants: Sequence[str] | None,
         held: Mapping[str, float] | None = None,
         check_limits: bool = True,
+        after: str = "",
     ) -> list[Job]:
         # ``IS TRUE`` keeps the queue filter from being an index condition. As
         # one, it let a per-tenant scan (``tenant_id = x``, so ordered by
@@ -408,6 +429,8 @@ class PostgresBackend(QueueBackend):
             tenant_filter=" AND j.tenant_id = ANY(%(tenants)s)" if tenants is not None else "",
         )
         params.update(
+            after=after,
+            window=max(FAIR_WINDOW, limit),
             locked=locked,
             limit=limit,
             lease=lease_seconds,

@@ -160,10 +160,13 @@ class SqliteBackend(QueueBackend):
         tenants: Sequence[str] | None,
         held: Mapping[str, float] | None = None,
         check_limits: bool = True,
+        after: str = "",
     ) -> list[Job]:
         """The fair claim in steps: the claim holds SQLite's one write lock
         (``BEGIN IMMEDIATE``), so nothing changes between the steps and the
-        counts are exact without the row locks PostgreSQL needs.
+        counts are exact without the row locks PostgreSQL needs. An embedded
+        database serves few tenants: every busy tenant is looked at (no
+        window, ``after`` is not needed).
         """
         heads = self._busy_tenants(conn, queues, tenants)
         if not heads:
