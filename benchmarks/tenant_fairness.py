@@ -176,7 +176,7 @@ class NoisyResult:
 
 
 async def _drain_noisy(
-    t: Tenantry, url: str, backlog: int, fair: bool, prefetch: int
+    t: Tenantry, url: str, backlog: int, fair: bool, prefetch: int | None
 ) -> NoisyResult:
     result = NoisyResult(fair=fair, backlog=backlog)
     LATENCIES.clear()
@@ -226,7 +226,9 @@ async def _drain_noisy(
     return result
 
 
-def noisy_neighbour(server_url: str, backlog: int, fair: bool, prefetch: int = 10) -> NoisyResult:
+def noisy_neighbour(
+    server_url: str, backlog: int, fair: bool, prefetch: int | None = None
+) -> NoisyResult:
     with fresh_database(server_url) as url:
         t = build(url)
         for tenant in ["a", *PROBE_TENANTS]:
@@ -356,7 +358,9 @@ def main() -> int:
     parser.add_argument("--tenants", type=int, help="shared tenants (default 1000)")
     parser.add_argument("--databases", type=int, help="database tenants (default 100)")
     parser.add_argument("--skip-many", action="store_true", help="only the noisy neighbour")
-    parser.add_argument("--prefetch", type=int, default=10, help="worker prefetch (default 10)")
+    parser.add_argument(
+        "--prefetch", type=int, default=None, help="worker prefetch (default: adaptive)"
+    )
     parser.add_argument(
         "--url",
         default=os.environ.get(

@@ -493,7 +493,7 @@ def test_more_busy_tenants_than_the_window_all_get_their_turn(
     backend_ = source.backend
     tenants = sorted(f"w{i:04d}" for i in range(1000))
     base = utcnow() - timedelta(minutes=5)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "tenant_id": tenant_id,
             "queue": "default",
