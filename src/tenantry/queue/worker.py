@@ -71,6 +71,8 @@ T = TypeVar("T")
 
 #: Half-life (seconds) of the recent starts that count towards a tenant's load.
 LOAD_HALF_LIFE = 2.0
+#: Longest an acknowledgement waits for a claim to carry it (see _completer).
+ACK_MAX_DELAY = 0.05
 
 #: Exceptions that mean "the database is away", not "the job failed".
 DB_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, psycopg.Error, OSError)
@@ -245,6 +247,7 @@ class Worker:
             max_workers=concurrency, thread_name_prefix="tenantry-job"
         )
         self._claim_engines: dict[str, AsyncEngine] = {}
+        self._claiming = False  # a claim transaction is under way
         # Adaptive polling of databases without LISTEN: key -> (next poll, interval).
         self._idle: dict[str, tuple[float, float]] = {}
         self._synced: dict[str, tuple[str, datetime]] = {}  # tenant -> (source, updated_at)
@@ -355,7 +358,11 @@ class Worker:
             want = capacity - self._running - len(self._buffer)
             got = 0
             if want >= min_batch or (want > 0 and not self._buffer):
-                got = await self._claim_round(want)
+                self._claiming = True
+                try:
+                    got = await self._claim_round(want)
+                finally:
+                    self._claiming = False
                 self._start_buffered()
             if got and got >= want:
                 continue  # there may be more: claim again as soon as slots allow
@@ -822,6 +829,21 @@ class Worker:
             await self._ack.wait()
             self._ack.clear()
             await asyncio.sleep(self.ack_delay)
+            # While jobs are in flight, a claim comes as soon as enough slots
+            # are free and carries the acknowledgements in its transaction: a
+            # separate one here would cost a commit for little. Wait for it,
+            # up to ACK_MAX_DELAY; an idle worker acknowledges at once.
+            waited = self.ack_delay
+            while (
+                self._to_complete
+                and not self._stopping
+                and waited < ACK_MAX_DELAY
+                and (self._running or self._buffer or self._claiming)
+            ):
+                await asyncio.sleep(self.ack_delay)
+                waited += self.ack_delay
+            if not self._to_complete:
+                continue
             if not await self._flush_completions():
                 await asyncio.sleep(0.5)
                 self._ack.set()
