@@ -73,6 +73,8 @@ T = TypeVar("T")
 LOAD_HALF_LIFE = 2.0
 #: Longest an acknowledgement waits for a claim to carry it (see _completer).
 ACK_MAX_DELAY = 0.05
+#: While places are free, claims come at least this often (see _claim_loop).
+CLAIM_INTERVAL = 0.02
 
 #: Exceptions that mean "the database is away", not "the job failed".
 DB_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, psycopg.Error, OSError)
@@ -348,16 +350,23 @@ class Worker:
                 await asyncio.sleep(1.0)
 
     async def _claim_loop(self) -> None:
+        last_claim = 0.0
         while not self._stopping:
             self._wake.clear()
             self._start_buffered()
-            capacity = self.concurrency + self._prefetch.value(time.monotonic())
+            now = time.monotonic()
+            capacity = self.concurrency + self._prefetch.value(now)
             # Claim in batches: each claim is a commit, so topping up one job
-            # at a time would cost a round trip (and an fsync) per job.
+            # at a time would cost a round trip (and an fsync) per job. But
+            # not rarer than every CLAIM_INTERVAL while places are free: a
+            # deep buffer of one tenant's jobs must not keep another tenant's
+            # new job waiting until half of it has drained.
             min_batch = max(1, capacity // 2)
             want = capacity - self._running - len(self._buffer)
+            stale = now - last_claim >= CLAIM_INTERVAL
             got = 0
-            if want >= min_batch or (want > 0 and not self._buffer):
+            if want >= min_batch or (want > 0 and (not self._buffer or stale)):
+                last_claim = now
                 self._claiming = True
                 try:
                     got = await self._claim_round(want)
@@ -368,8 +377,11 @@ class Worker:
                 continue  # there may be more: claim again as soon as slots allow
             if self._stopping:
                 break
+            timeout = self.poll_interval
+            if 0 < want < min_batch:
+                timeout = min(timeout, max(0.001, last_claim + CLAIM_INTERVAL - now))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _start_buffered(self) -> None:
         started = 0

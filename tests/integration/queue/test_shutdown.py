@@ -164,7 +164,9 @@ async def test_stop_does_not_drop_an_acknowledgement_in_flight(
     jobs = env.enqueue_many("acme", "gated", [{"n": i} for i in range(12)])
     first = jobs[0].id
     # 4 run and 4 wait in the buffer; when the first finishes one buffered job
-    # starts, so no claim follows and the completer task acknowledges it.
+    # starts, and its acknowledgement is written either by the completer or
+    # by a small claim (claims come at least every CLAIM_INTERVAL while a
+    # place is free): either way that write waits on the row lock below.
     worker = env.worker(concurrency=4, prefetch=4, shutdown_grace=0.2, lease_seconds=30)
     task = asyncio.create_task(worker.run())
     await wait_until(lambda: rec.count("acme", first) == 1, 20, what="first job started")
@@ -189,6 +191,9 @@ async def test_stop_does_not_drop_an_acknowledgement_in_flight(
         await unblock
     finally:
         blocker.close()
-    assert stats.released == 7  # 3 buffered + 4 cut off by the grace period; not the first
+    # Everything claimed is handed back (buffered, or cut off by the grace
+    # period), except the first, which finished.
+    assert stats.claimed in (8, 9)
+    assert stats.released == stats.claimed - 1
     # The handler finished before shutdown, so its job must be acknowledged.
     assert env.state("acme", first) is JobState.COMPLETED
