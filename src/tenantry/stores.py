@@ -49,13 +49,14 @@ PING_AFTER_IDLE = 1.0
 def _ping_when_idle(engine: Engine) -> None:
     """Pre-ping only connections that sat idle in the pool (``PING_AFTER_IDLE``).
 
-    SQLAlchemy's ``pool_pre_ping`` pings on every checkout: one more round trip
-    for every session and every enqueue, which made a standalone enqueue cost
-    two round trips instead of one. A connection used within the last second
-    is as good as pinged. The one a restart broke in between fails its
-    statement; SQLAlchemy then sees the disconnect and replaces it, and the
-    caller gets a clear error (``QueueUnavailableError`` for an enqueue),
-    never a silent loss.
+    Only for standalone enqueues (``Store.enqueue_engine``). SQLAlchemy's
+    ``pool_pre_ping`` pings on every checkout, which made such an enqueue two
+    round trips instead of one. A connection used within the last second is
+    as good as pinged. The one a restart or ``pg_terminate_backend`` broke in
+    between fails its statement; SQLAlchemy then sees the disconnect and
+    replaces it, and the caller gets ``QueueUnavailableError`` (retry, with an
+    idempotency key to be safe), never a silent loss. Sessions keep the full
+    pre-ping: a web request after a failover should not fail.
     """
 
     @event.listens_for(engine, "connect")
@@ -172,6 +173,7 @@ class Store:
         self._lock = threading.Lock()
         self._engine: Engine | None = None
         self._admin_engine: Engine | None = None
+        self._enqueue_engine: Engine | None = None
         self._async_engines: dict[str, AsyncEngine] = {}  # "app" and "q" (worker)
         self._tenant_engines: _LRU[Engine] = _LRU(config.max_tenant_engines, Engine.dispose)
         self._tenant_async_engines: _LRU[AsyncEngine] = _LRU(
@@ -217,18 +219,21 @@ class Store:
             Path(url.database or "").parent.mkdir(parents=True, exist_ok=True)
         return url
 
-    def _pool_options(self, small: bool) -> dict[str, Any]:
+    def _pool_options(self, small: bool, ping: bool = True) -> dict[str, Any]:
         # Tenant-database pools stay tiny: max_tenant_engines of them may be open.
         size, overflow = (1, 2) if small else (self.config.pool_size, self.config.pool_size)
-        return {"pool_size": size, "max_overflow": overflow}
+        return {"pool_size": size, "max_overflow": overflow, "pool_pre_ping": ping}
 
-    def _make_engine(self, url: URL, *, small: bool = False, **kw: Any) -> Engine:
+    def _make_engine(
+        self, url: URL, *, small: bool = False, idle_ping: bool = False, **kw: Any
+    ) -> Engine:
         if self.dialect == "sqlite":
             engine = create_engine(url, **kw)
             _sqlite_connect_hooks(engine)
         else:
-            engine = create_engine(url, **self._pool_options(small), **kw)
-            _ping_when_idle(engine)
+            engine = create_engine(url, **self._pool_options(small, not idle_ping), **kw)
+            if idle_ping:
+                _ping_when_idle(engine)
         return engine.execution_options(schema_translate_map=self.translate_map)
 
     def _make_async_engine(
@@ -238,9 +243,7 @@ class Store:
             engine = create_async_engine(url)
             _sqlite_connect_hooks(engine.sync_engine)
         else:
-            engine = create_async_engine(url, **self._pool_options(small), **kw)
-            if ping:
-                _ping_when_idle(engine.sync_engine)
+            engine = create_async_engine(url, **self._pool_options(small, ping), **kw)
         return engine.execution_options(schema_translate_map=self.translate_map)
 
     # -- the store database -------------------------------------------------
@@ -363,6 +366,37 @@ class Store:
             ),
         )
 
+    def enqueue_engine(self, tenant_id: str | None = None) -> Engine:
+        """The engine of standalone enqueues: admin, pinging only idle connections.
+
+        A standalone enqueue on PostgreSQL is one autocommitted statement; a
+        pre-ping on every checkout would double its round trips. See
+        ``_ping_when_idle`` for what that trades.
+        """
+        if self.dialect == "sqlite":  # no round trips to save
+            return (
+                self.admin_engine()
+                if tenant_id is None
+                else self.tenant_engine(tenant_id, admin=True)
+            )
+        admin = self.config.admin_url is not None
+        if tenant_id is not None:
+            name = self.tenant_database_name(tenant_id)
+            return self._tenant_engines.get_or_create(
+                f"{tenant_id}:e",
+                lambda: self._make_engine(
+                    self._url(admin=admin, is_async=False, database=name, must_exist=True),
+                    small=True,
+                    idle_ping=True,
+                ),
+            )
+        with self._lock:
+            if self._enqueue_engine is None:
+                self._enqueue_engine = self._make_engine(
+                    self._url(admin=admin, is_async=False), idle_ping=True
+                )
+            return self._enqueue_engine
+
     def tenant_async_engine(self, tenant_id: str) -> AsyncEngine:
         name = self.tenant_database_name(tenant_id)
         return self._tenant_async_engines.get_or_create(
@@ -386,7 +420,7 @@ class Store:
 
     def forget_tenant_engines(self, tenant_id: str) -> None:
         """Dispose the cached engines of one tenant database (before dropping it)."""
-        for kind in ("0", "1", "q"):
+        for kind in ("0", "1", "q", "e"):
             engine = self._tenant_engines.pop(f"{tenant_id}:{kind}")
             if engine is not None:
                 engine.dispose()
@@ -396,10 +430,10 @@ class Store:
 
     # -- lifecycle --------------------------------------------------------------
     def dispose(self) -> None:
-        for engine in (self._engine, self._admin_engine):
+        for engine in (self._engine, self._admin_engine, self._enqueue_engine):
             if engine is not None:
                 engine.dispose()
-        self._engine = self._admin_engine = None
+        self._engine = self._admin_engine = self._enqueue_engine = None
         for e in self._tenant_engines.clear():
             e.dispose()
         for ae in self._tenant_async_engines.clear():

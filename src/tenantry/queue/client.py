@@ -236,7 +236,7 @@ class Queue:
             return self._write(connection, rows)
         with _reported_unavailable():
             source = self._source_of(self.tenantry.catalog.get(tenant_id))
-            engine = source.engine()
+            engine = source.enqueue_engine()
             if source.backend.writes_in_one_statement(rows):
                 with engine.connect() as conn:
                     conn = conn.execution_options(isolation_level="AUTOCOMMIT")

@@ -40,6 +40,12 @@ class JobSource:
         options = self.backend.write_options
         return engine.execution_options(**options) if write and options else engine
 
+    def enqueue_engine(self) -> Engine:
+        """For standalone enqueues (``Store.enqueue_engine``), with the write options."""
+        engine = self.store.enqueue_engine(self.tenant_id)
+        options = self.backend.write_options
+        return engine.execution_options(**options) if options else engine
+
     def claim_engine(self) -> AsyncEngine:
         """For claim transactions: the store's claim engine, or a tenant database's queue engine."""
         if self.tenant_id is not None:
