@@ -31,9 +31,7 @@ def _prepare(env: Env) -> dict[str, int]:
     env.set_columns(
         "acme", ids[3], state="retryable", attempted_at=now, attempt=1, scheduled_at=now
     )
-    env.set_columns(
-        "acme", ids[4], state="running", attempted_at=now, attempt=1, lease_token="t"
-    )
+    env.set_columns("acme", ids[4], state="running", attempted_at=now, attempt=1, lease_token="t")
     # The oldest runnable job became due ten minutes ago.
     env.set_columns("acme", ids[5], scheduled_at=now - timedelta(minutes=10))
     return {"other": other}
