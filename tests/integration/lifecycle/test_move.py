@@ -10,7 +10,8 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-from sqlalchemy import func, select
+from sqlalchemy import Column, Integer, String, func, select
+from sqlalchemy import Table as SaTable
 from sqlalchemy.engine import make_url
 
 from tenantry import (
@@ -21,6 +22,7 @@ from tenantry import (
     TenantryConfig,
     TenantStatus,
     tenant_context,
+    tenant_metadata,
 )
 from tenantry.catalog import moves_table
 from tenantry.errors import MoveError, TenantMovingError
@@ -391,3 +393,79 @@ def test_a_running_job_is_waited_for_then_the_move_gives_up_cleanly(two_stores: 
     move_tenant(t, "acme", abort=True)
     assert t.get_tenant("acme").status is TenantStatus.ACTIVE
     assert t.get_tenant("acme").store == "default"
+
+
+def test_a_delta_that_collides_on_a_unique_value_falls_back_to_a_full_copy(
+    two_stores: Any,
+) -> None:
+    """Two rows swap a unique value during the bulk copy: updating them one by one in the
+    target would collide, so the pause copies all rows instead, and the result is right."""
+    metadata = tenant_metadata()
+    slugs = SaTable(
+        "slugs",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("tenant_id", String(40), nullable=False),
+        Column("slug", String(20), nullable=False, unique=True),
+    )
+    base: Tenantry = two_stores("postgresql")
+    t = Tenantry(base.config, tenant_metadata=metadata)
+    try:
+        t.create_tenant("acme", isolation="schema")
+        rows = [{"id": i, "tenant_id": "acme", "slug": f"s{i}"} for i in range(1, 6)]
+        with tenant_context("acme"), t.session() as s:
+            s.execute(slugs.insert(), rows)
+            s.commit()
+
+        def swap(done: str) -> None:
+            if done == "bulk-copied":
+                with tenant_context("acme"), t.session() as s:
+                    s.execute(slugs.update().where(slugs.c.id == 1).values(slug="tmp"))
+                    s.execute(slugs.update().where(slugs.c.id == 2).values(slug="s1"))
+                    s.execute(slugs.update().where(slugs.c.id == 1).values(slug="s2"))
+                    s.commit()
+
+        result = move_tenant(t, "acme", to_store="eu", isolation="database", after_step=swap)
+        with tenant_context("acme"), t.session() as s:
+            moved = dict(s.execute(select(slugs.c.id, slugs.c.slug)).tuples().all())
+    finally:
+        t.close()
+    assert moved == {1: "s2", 2: "s1", 3: "s3", 4: "s4", 5: "s5"}
+    assert result.delta == {"slugs": TableDelta(inserted=5)}  # all of them, in the pause
+
+
+def test_a_move_stopped_in_the_bulk_copy_can_be_aborted_and_keeps_the_status(
+    two_stores: Any,
+) -> None:
+    t: Tenantry = two_stores("postgresql")
+    t.create_tenant("acme", isolation="database", store="eu")
+    populate(t, "acme", running=False)
+    before = content(t, "acme")
+
+    def crash(done: str) -> None:
+        if done == "bulk-copied":
+            t.suspend_tenant("acme")  # changed meanwhile by someone else
+            raise Crash(done)
+
+    with pytest.raises(Crash):
+        move_tenant(t, "acme", to_store="default", isolation="shared", after_step=crash)
+    with t.store("default").admin_engine().connect() as conn:
+        assert conn.execute(select(func.count()).select_from(move_keys_table)).scalar_one() == 12
+    result = move_tenant(t, "acme", abort=True)
+    assert result.aborted
+    assert result.pause_seconds == 0.0  # it never was paused
+    tenant = t.get_tenant("acme")
+    assert (tenant.store, tenant.isolation, tenant.status) == (
+        "eu",
+        IsolationMode.DATABASE,
+        TenantStatus.SUSPENDED,  # as it is now, not as it was when the move started
+    )
+    assert read_move(t, "acme") is None
+    with t.store("default").admin_engine().connect() as conn:
+        assert conn.execute(select(func.count()).select_from(move_keys_table)).scalar_one() == 0
+    t.resume_tenant("acme")
+    assert content(t, "acme") == before
+    with tenant_context("acme"), t.session() as s:  # nothing of it is left in shared tables
+        assert s.scalar(select(func.count()).select_from(Note)) == 5
+    with t.store("default").admin_engine().connect() as conn:
+        assert conn.execute(select(func.count()).where(Note.tenant_id == "acme")).scalar_one() == 0
