@@ -36,6 +36,7 @@ each version table at head, or the run is reported as failed.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import sys
@@ -431,13 +432,14 @@ def moving(server_url: str, rows: int, jobs: int, console: Console) -> dict[str,
         )
         bulk = phases["bulk-copied"] - phases["started"]
         names = list(phases)
-        print({b: round(phases[b] - phases[a], 2) for a, b in zip(names, names[1:])})
+        steps = ", ".join(f"{b} +{phases[b] - phases[a]:.2f}" for a, b in itertools.pairwise(names))
         console.print(
             f"  moved to {where} in {total:.1f} s (bulk copy {bulk:.1f} s while served, "
             f"{writes} write transactions meanwhile), paused {result.pause_seconds:.1f} s "
             f"for {result.delta_rows} changed row(s) and {result.jobs} job(s) "
             f"(verified: {ok}{'; ' + repr(writer.errors[0]) if writer.errors else ''})"
         )
+        console.print(f"  seconds per step: {steps} (the drain is in delta-copied)")
         return {
             "total": total,
             "pause": result.pause_seconds,
