@@ -527,7 +527,7 @@ def _server_hashes(conn: Connection, shape: _Shape, tenant_id: str) -> dict[tupl
 
 
 def _rows_by_key(
-    conn: Connection, shape: _Shape, keys: list[tuple[Any, ...]]
+    conn: Connection, shape: _Shape, tenant_id: str, keys: list[tuple[Any, ...]]
 ) -> dict[tuple[Any, ...], dict[str, Any]]:
     table = shape.table
     columns = [table.c[k] for k in shape.key]
@@ -539,7 +539,8 @@ def _rows_by_key(
             if len(columns) == 1
             else tuple_(*columns).in_(chunk)
         )
-        for row in conn.execute(select(table).where(where)).mappings():
+        query = select(table).where(table.c[TENANT_ID_COLUMN] == tenant_id, where)
+        for row in conn.execute(query).mappings():
             found[tuple(row[k] for k in shape.key)] = dict(row)
     return found
 
@@ -774,7 +775,7 @@ def _plan_by_server(
     ours = _server_hashes(src, shape, tenant_id)
     new = [k for k in ours if k not in theirs]
     changed = [k for k, digest in ours.items() if k in theirs and theirs[k] != digest]
-    rows = _rows_by_key(src, shape, [*new, *changed])
+    rows = _rows_by_key(src, shape, tenant_id, [*new, *changed])
     source[shape.table.name] = ours
     return _Plan(
         shape,
@@ -1095,7 +1096,7 @@ def _check_at_head(tenantry: Tenantry, tenant: Tenant) -> None:
         )
 
 
-def _check_same_revision(tenantry: Tenantry, move: Move, tenant: Tenant) -> None:
+def _check_same_revision(tenantry: Tenantry, move: Move, tenant: Tenant, *, paused: bool) -> None:
     """Nothing migrated one copy and not the other while the tenant was served."""
     if tenantry.tenant_history is None:
         return
@@ -1105,7 +1106,11 @@ def _check_same_revision(tenantry: Tenantry, move: Move, tenant: Tenant) -> None
         raise MoveError(
             f"tenant {tenant.id!r} is at revision {old or '(none)'} and its copy at "
             f"{new or '(none)'} (head: {tenantry.tenant_history.head}); it was migrated during "
-            "the bulk copy. Run the move again: the bulk copy starts over."
+            + (
+                "the move. Abort the move (it stays where it was) and move it again."
+                if paused
+                else "the bulk copy. Run the move again: the bulk copy starts over."
+            )
         )
 
 
@@ -1154,7 +1159,7 @@ def move_tenant(
         bulk_rows = _bulk_copy(tenantry, move, tenant)
         log.info("tenant %s: bulk copy of %d row(s) made while served", tenant.id, bulk_rows)
         hook("bulk-copied")
-        _check_same_revision(tenantry, move, tenantry.get_tenant(tenant.id))
+        _check_same_revision(tenantry, move, tenantry.get_tenant(tenant.id), paused=False)
         move = _pause(tenantry, move)
         paused = time.monotonic()
         tenantry._sync_queue_control(tenantry.get_tenant(tenant.id))  # beside the old jobs
@@ -1163,7 +1168,7 @@ def move_tenant(
         if paused is None:  # resumed in the pause: it has lasted since then
             paused = time.monotonic()
         tenant = tenantry.get_tenant(tenant.id)
-        _check_same_revision(tenantry, move, tenant)
+        _check_same_revision(tenantry, move, tenant, paused=True)
         _drain(tenantry, tenant, drain_timeout)
         synced = _sync(tenantry, move, tenant, tables)
         hook("delta-copied")
