@@ -79,6 +79,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     tuple_,
     update,
 )
@@ -299,13 +300,16 @@ def _drain(tenantry: Tenantry, tenant: Tenant, timeout: float) -> None:
 
     Other processes serve from their catalog cache for up to its TTL, and a
     job claimed before the pause runs to its end: its result must be in the
-    copy, not lost with the old one.
+    copy, not lost with the old one. Then, on PostgreSQL, transactions that
+    began before that are waited for (a session opened just before the pause
+    may still commit): what they write must be in the delta's snapshot.
     """
     deadline = time.monotonic() + max(timeout, tenantry.config.catalog_cache_ttl)
     time.sleep(tenantry.config.catalog_cache_ttl)
     source = source_of(tenant, tenantry.store(tenant.store))
+    engine = source.engine(write=False)
     while True:
-        with source.engine(write=False).connect() as conn:
+        with engine.connect() as conn:
             running = conn.execute(
                 select(func.count()).where(
                     jobs_table.c.tenant_id == tenant.id,
@@ -313,13 +317,48 @@ def _drain(tenantry: Tenantry, tenant: Tenant, timeout: float) -> None:
                 )
             ).scalar_one()
         if not running:
-            return
+            break
         if time.monotonic() > deadline:
             raise MoveError(
                 f"tenant {tenant.id!r} still has {running} running job(s) after {timeout:.0f} s; "
                 "run the move again later (it resumes) or abort it"
             )
         time.sleep(0.2)
+    if tenantry.store(tenant.store).is_postgres:
+        _settle(engine, tenant, deadline)
+
+
+#: Client transactions on this database, other than ours, begun before *since*. Other
+#: roles' transactions are visible to a superuser or a member of pg_read_all_stats only.
+_OPEN_BEFORE = text(
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND xact_start < :since"
+)
+
+
+def _settle(engine: Engine, tenant: Tenant, deadline: float) -> None:
+    """Wait (until *deadline*) for the transactions open on the tenant's database to end.
+
+    They may belong to other tenants of a shared database: past the deadline
+    the move goes on, with a warning, rather than wait for them forever.
+    """
+    with engine.connect() as conn:
+        since = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
+    while True:
+        with engine.connect() as conn:
+            still = conn.execute(_OPEN_BEFORE, {"since": since}).scalar_one()
+        if not still:
+            return
+        if time.monotonic() > deadline:
+            log.warning(
+                "tenant %s: %d transaction(s) begun before the pause are still open on its "
+                "database; going on (a write of this tenant they commit from now on would not "
+                "be in the copy)",
+                tenant.id,
+                still,
+            )
+            return
+        time.sleep(0.05)
 
 
 def _remove_copy(

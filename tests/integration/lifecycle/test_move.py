@@ -579,3 +579,46 @@ def test_values_of_every_kind_compare_equal_and_only_a_real_change_is_copied(
     assert result.delta == {"kinds": TableDelta(updated=1)}
     assert prices["ünï 7"] == Decimal("0.01")
     assert docs == [{"b": [1, 2.5, {"z": None}], "a": "x"}] * 30
+
+
+def test_a_transaction_begun_before_the_pause_and_committed_during_it_is_copied(
+    two_stores: Any,
+) -> None:
+    """A session opened just before the pause is not refused and may commit during the
+    drain, later than the catalog cache's TTL: the delta waits for it (PostgreSQL)."""
+    t: Tenantry = two_stores("postgresql")
+    t.create_tenant("acme", isolation="schema")
+    populate(t, "acme", running=False)
+    began, done = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def late_writer() -> None:
+        try:
+            with tenant_context("acme"), t.session() as s:
+                s.add(Note(body="committed during the pause"))
+                s.flush()  # the transaction is open, its row written
+                began.set()
+                done.wait(0.8)  # longer than the TTL (0.05 s) and the rest of the drain
+                s.commit()
+        except BaseException as exc:  # reported by the test
+            failures.append(exc)
+
+    thread = threading.Thread(target=late_writer)
+
+    def hook(step: str) -> None:
+        if step == "bulk-copied":
+            thread.start()
+            assert began.wait(10)
+
+    try:
+        result = move_tenant(t, "acme", to_store="eu", isolation="database", after_step=hook)
+    finally:
+        done.set()
+        thread.join()
+    assert not failures
+    assert result.delta == {
+        **{n: TableDelta() for n in ("products", "reviews")},
+        **{"notes": TableDelta(inserted=1)},
+    }
+    with tenant_context("acme"), t.session() as s:
+        assert s.scalar(select(func.count()).where(Note.body == "committed during the pause")) == 1
