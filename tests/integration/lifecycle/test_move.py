@@ -616,9 +616,7 @@ def test_a_transaction_begun_before_the_pause_and_committed_during_it_is_copied(
         done.set()
         thread.join()
     assert not failures
-    assert result.delta == {
-        **{n: TableDelta() for n in ("products", "reviews")},
-        **{"notes": TableDelta(inserted=1)},
-    }
+    assert result.delta["notes"] == TableDelta(inserted=1)
+    assert result.delta_rows == 1
     with tenant_context("acme"), t.session() as s:
         assert s.scalar(select(func.count()).where(Note.body == "committed during the pause")) == 1
