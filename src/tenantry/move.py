@@ -15,8 +15,9 @@ and the catalog row points at exactly one copy at every moment:
 3. **pause**: the tenant becomes ``moving`` and the step ``copying``, in one
    catalog transaction (sessions refuse with the retryable
    :class:`~tenantry.errors.TenantMovingError`, the queue stops starting its
-   jobs). The move waits for other processes' catalog caches to expire and
-   for the tenant's running jobs to finish: the pause window starts here.
+   jobs). The move waits for other processes' catalog caches to expire, for
+   the tenant's running jobs to finish and, on PostgreSQL, for transactions
+   begun before then to end: the pause window starts here.
 4. **delta**: per table, every row of both copies is reduced to its key and
    a hash of its values; rows only in the target are deleted, rows whose
    hash differs are updated, rows only in the source are inserted. The
