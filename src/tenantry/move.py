@@ -700,7 +700,9 @@ def _sync(tenantry: Tenantry, move: Move, tenant: Tenant, tables: list[Table]) -
         return _apply(tenantry, move, tenant, tables, reset=True)
 
 
-def _engines(tenantry: Tenantry, move: Move, tenant: Tenant) -> tuple[Engine, Engine, Any]:
+def _engines(
+    tenantry: Tenantry, move: Move, tenant: Tenant
+) -> tuple[Engine, Engine, Callable[[], None]]:
     source_store = tenantry.store(move.from_store)
     target_store = tenantry.store(move.to_store)
     source, dispose_source = tenant_engine(source_store, _source(move, tenant))
