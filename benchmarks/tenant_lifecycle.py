@@ -23,7 +23,11 @@ to resume an interrupted provisioning) and the compiled script, storage only
 a second PostgreSQL server that the benchmark starts (``tests/pgcluster.py``;
 another database of the same server if no server binaries are usable): total time and
 the pause window (sessions refused, jobs waiting), with ``catalog_cache_ttl``
-at 1 s (the drain waits that long).
+at 1 s (the drain waits that long). A writer thread inserts, updates and
+deletes rows through tenant sessions from the start of the move (it is
+refused during the pause and retries); the run is verified only if every
+write it committed is in the new copy and nothing else changed.
+``--only-move`` runs just this part.
 
 Every run is verified in the database: each tenant's columns and indexes, and
 each version table at head, or the run is reported as failed.
@@ -32,10 +36,12 @@ each version table at head, or the run is reported as failed.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -47,7 +53,21 @@ from typing import Any
 import psycopg
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import Column, DateTime, ForeignKey, Integer, MetaData, Numeric, String, func, text
+from sqlalchemy import (
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy import Table as SaTable
 from sqlalchemy.engine import make_url
 
@@ -271,6 +291,73 @@ def second_server(server_url: str) -> Iterator[tuple[str, str]]:
         cluster.destroy()
 
 
+class Writer:
+    """The tenant's application, writing while the move runs: inserts, updates and deletes.
+
+    It keeps what it committed (by id) so that the benchmark can check that
+    every write made during the bulk copy reached the new copy. Writes are
+    refused during the pause (``TenantMovingError``): it waits and retries.
+    """
+
+    def __init__(self, t: Tenantry, table: SaTable, rows: int) -> None:
+        self.t, self.table, self.rows = t, table, rows
+        self.inserted: dict[int, str] = {}
+        self.updated: dict[int, str] = {}
+        self.deleted: set[int] = set()
+        self.refused = 0
+        self.errors: list[BaseException] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from tenantry import tenant_context
+        from tenantry.errors import TenantMovingError
+
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            try:
+                with tenant_context("big"), self.t.session() as s:
+                    name = f"written {n}"
+                    new_id = s.execute(
+                        insert(self.table)
+                        .values(tenant_id="big", name=name)
+                        .returning(self.table.c.id)
+                    ).scalar_one()
+                    target = 1 + (n * 7919) % self.rows  # one of the seeded rows
+                    s.execute(
+                        update(self.table)
+                        .where(self.table.c.id == target)
+                        .values(name=f"updated {n}")
+                    )
+                    gone = 1 + (n * 104729 + 13) % self.rows
+                    s.execute(delete(self.table).where(self.table.c.id == gone))
+                    s.commit()
+                self.inserted[new_id] = name
+                if target not in self.deleted:
+                    self.updated[target] = f"updated {n}"
+                self.deleted.add(gone)
+                self.updated.pop(gone, None)
+            except TenantMovingError:
+                self.refused += 1
+                self.stop.wait(0.05)
+            except BaseException as exc:
+                self.errors.append(exc)
+                return
+            self.stop.wait(0.002)
+
+    def arrived(self, engine: Any) -> bool:
+        """Every committed write is in the new copy (and the rest is as seeded)."""
+        with engine.connect() as conn:
+            found = dict(conn.execute(select(self.table.c.id, self.table.c.name)).tuples().all())
+        expected = {i: f"item {i}" for i in range(1, self.rows + 1)}
+        expected.update(self.updated)
+        for gone in self.deleted:
+            expected.pop(gone, None)
+        expected.update(self.inserted)
+        return found == expected
+
+
 def moving(server_url: str, rows: int, jobs: int, console: Console) -> dict[str, Any]:
     from tenantry import JobRegistry, Queue, StoreConfig, tenant_context
     from tenantry.move import move_tenant
@@ -289,7 +376,8 @@ def moving(server_url: str, rows: int, jobs: int, console: Console) -> dict[str,
             },
             catalog_cache_ttl=1.0,
         )
-        t = Tenantry(config, tenant_metadata=items_metadata())
+        metadata = items_metadata()
+        t = Tenantry(config, tenant_metadata=metadata)
         t.create_tenant("big", isolation="schema")
         with t.default_store.admin_engine().begin() as conn:
             conn.execute(
@@ -301,12 +389,25 @@ def moving(server_url: str, rows: int, jobs: int, console: Console) -> dict[str,
             )
         with tenant_context("big"):
             Queue(t, registry).enqueue_many("noop", [{"n": i} for i in range(jobs)])
+        items = next(table for table in metadata.sorted_tables if table.name == "items")
+        writer = Writer(t, items, rows)
+        phases: dict[str, float] = {}
+
+        def mark(step: str) -> None:
+            phases[step] = time.perf_counter()
+            if step == "started":
+                writer.thread.start()
+
         started = time.perf_counter()
-        result = move_tenant(t, "big", to_store="other", isolation="database")
+        try:
+            result = move_tenant(t, "big", to_store="other", isolation="database", after_step=mark)
+        finally:
+            writer.stop.set()
+            writer.thread.join()
         total = time.perf_counter() - started
         engine = t.store("other").tenant_admin_engine("big")
+        arrived = writer.arrived(engine)
         with engine.connect() as conn:
-            moved_rows = conn.execute(text("SELECT count(*) FROM items")).scalar_one()
             moved_jobs = conn.execute(
                 text("SELECT count(*) FROM tenantry.tenantry_jobs WHERE state = 'available'")
             ).scalar_one()
@@ -319,23 +420,41 @@ def moving(server_url: str, rows: int, jobs: int, console: Console) -> dict[str,
                 text("SELECT count(*) FROM tenantry.tenantry_jobs WHERE tenant_id = 'big'")
             ).scalar_one()
         t.close()
+        writes = len(writer.inserted)
         ok = (
-            moved_rows == rows
+            arrived
+            and not writer.errors
+            and writes > 0
             and moved_jobs == jobs
             and left == 0
             and left_jobs == 0
             and result.jobs == jobs
         )
+        bulk = phases["bulk-copied"] - phases["started"]
+        names = list(phases)
+        steps = ", ".join(f"{b} +{phases[b] - phases[a]:.2f}" for a, b in itertools.pairwise(names))
         console.print(
-            f"  moved to {where} in {total:.1f} s, paused {result.pause_seconds:.1f} s "
-            f"(verified: {ok})"
+            f"  moved to {where} in {total:.1f} s (bulk copy {bulk:.1f} s while served, "
+            f"{writes} write transactions meanwhile), paused {result.pause_seconds:.1f} s "
+            f"for {result.delta_rows} changed row(s) and {result.jobs} job(s) "
+            f"(verified: {ok}{'; ' + repr(writer.errors[0]) if writer.errors else ''})"
         )
-        return {"total": total, "pause": result.pause_seconds, "ok": ok, "where": where}
+        console.print(f"  seconds per step: {steps} (the drain is in delta-copied)")
+        return {
+            "total": total,
+            "pause": result.pause_seconds,
+            "bulk": bulk,
+            "writes": writes,
+            "delta": result.delta_rows,
+            "ok": ok,
+            "where": where,
+        }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--ci", action="store_true", help="reduced sizes (same targets)")
+    parser.add_argument("--only-move", action="store_true", help="run only the move")
     parser.add_argument("--tenants", type=int, help="schema tenants to migrate (default 1000)")
     parser.add_argument("--provision", type=int, help="tenants to provision (default 200)")
     parser.add_argument("--move-rows", type=int, help="rows of the moved tenant (default 100000)")
@@ -353,12 +472,14 @@ def main() -> int:
     move_jobs = args.move_jobs or (1_000 if args.ci else 10_000)
     console = Console()
 
+    console.print(f"moving: a schema tenant with {move_rows:,} rows and {move_jobs:,} jobs")
+    moved = moving(args.url, move_rows, move_jobs, console)
+    if args.only_move:
+        return 0 if moved["ok"] else 1
     console.print(f"migrations: {n} schema tenants, {ROWS_PER_TENANT} rows each")
     runs = migrations(args.url, n, console)
     console.print(f"provisioning: {k} schema tenants with {PROVISION_TABLES} tables")
     prov = provisioning(args.url, k, console)
-    console.print(f"moving: a schema tenant with {move_rows:,} rows and {move_jobs:,} jobs")
-    moved = moving(args.url, move_rows, move_jobs, console)
 
     table = Table(title=f"Tenant lifecycle (PostgreSQL, {n} schema tenants)")
     for col in ("measure", "value", "verified"):
@@ -394,6 +515,11 @@ def main() -> int:
         f"move {move_rows:,} rows + {move_jobs:,} jobs to {moved['where']}: total / pause",
         f"{moved['total']:.1f} / {moved['pause']:.1f} s",
         "yes" if moved["ok"] else "NO",
+    )
+    table.add_row(
+        "  bulk copy while served / writes meanwhile / rows changed in the pause",
+        f"{moved['bulk']:.1f} s / {moved['writes']} / {moved['delta']}",
+        "",
     )
     console.print(table)
 

@@ -34,7 +34,7 @@ import math
 import os
 import uuid
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -516,8 +516,14 @@ def load_rows(
     tables: list[Table],
     *,
     with_jobs: bool = True,
+    on_loaded: Callable[[Connection, dict[str, dict[Any, Any]]], None] | None = None,
 ) -> tuple[dict[str, int], int]:
-    """Insert the file's rows (and jobs) into *tenant*'s placement, in one transaction."""
+    """Insert the file's rows (and jobs) into *tenant*'s placement, in one transaction.
+
+    *on_loaded* is called inside that transaction with the renumbered keys
+    (per table: exported key to new key), so that a caller can keep them
+    atomically with the rows (a move needs them to find the rows again).
+    """
     store = tenantry.store(tenant.store)
     engine, dispose = tenant_engine(store, tenant)
     if not store.is_postgres:
@@ -534,6 +540,8 @@ def load_rows(
                     conn, export, entries[table.name], table, tenant.id, renumber, new_ids
                 )
             jobs = _load_jobs(conn, export, tenant.id) if with_jobs else 0
+            if on_loaded is not None:
+                on_loaded(conn, new_ids)
     finally:
         if dispose:
             engine.dispose()
@@ -604,11 +612,11 @@ def _load_table(
     if key is not None:
         new_ids[table.name] = mapping
     elif conn.dialect.name == "postgresql":
-        _move_sequences(conn, table)
+        move_sequences(conn, table)
     return count
 
 
-def _move_sequences(conn: Connection, table: Table) -> None:
+def move_sequences(conn: Connection, table: Table) -> None:
     """Let the next default id follow the imported ones (PostgreSQL sequences)."""
     column = table.autoincrement_column
     if column is None:
@@ -628,6 +636,19 @@ def _move_sequences(conn: Connection, table: Table) -> None:
     )
 
 
+def job_for_import(row: dict[str, Any], tenant_id: str) -> dict[str, Any]:
+    """An unfinished job as it is inserted elsewhere (changes and returns *row*)."""
+    row["tenant_id"] = tenant_id
+    if row["state"] == JobState.RUNNING.value:
+        row.update(
+            state=JobState.AVAILABLE.value,
+            lease_expires_at=None,
+            lease_token=None,
+            worker_id=None,
+        )
+    return row
+
+
 def _load_jobs(conn: Connection, export: ExportFile, tenant_id: str) -> int:
     """Unfinished jobs come back in their states; a running one is available again.
 
@@ -637,15 +658,7 @@ def _load_jobs(conn: Connection, export: ExportFile, tenant_id: str) -> int:
     count = 0
     batch: list[dict[str, Any]] = []
     for row in export.rows(export.manifest.jobs):
-        row["tenant_id"] = tenant_id
-        if row["state"] == JobState.RUNNING.value:
-            row.update(
-                state=JobState.AVAILABLE.value,
-                lease_expires_at=None,
-                lease_token=None,
-                worker_id=None,
-            )
-        batch.append(row)
+        batch.append(job_for_import(row, tenant_id))
         count += 1
         if len(batch) >= _BATCH:
             conn.execute(insert(jobs_table), batch)

@@ -354,7 +354,7 @@ def backup_tenant_cmd(state: CliState, tenant_id: str, directory: Path) -> None:
     default=60.0,
     show_default=True,
     type=click.FloatRange(0),
-    help="Seconds to wait for the tenant's running jobs before copying.",
+    help="Seconds to wait, once paused, for the tenant's running jobs before the delta.",
 )
 @click.pass_obj
 def move_tenant_cmd(
@@ -367,8 +367,10 @@ def move_tenant_cmd(
 ) -> None:
     """Move a tenant to another store or isolation mode (run again to resume a crashed move).
 
-    The tenant is paused (requests get a retryable 503, jobs wait) from the
-    start of the copy until the old copy is removed.
+    The bulk of the rows is copied while the tenant is still served; then it
+    is paused (requests get a retryable 503, jobs wait) while what changed
+    meanwhile and its unfinished jobs are copied, the copy is verified and the
+    catalog switched, until the old copy is removed.
     """
     validate_tenant_id(tenant_id)
     tenantry = state.tenantry()
@@ -387,7 +389,9 @@ def move_tenant_cmd(
         return
     resumed = " (resumed)" if result.resumed else ""
     make_console().print(
-        f"moved tenant {tenant_id!r} to {where}{resumed}: {sum(result.rows.values())} row(s), "
-        f"{result.jobs} job(s) copied; paused {result.pause_seconds:.2f} s",
+        f"moved tenant {tenant_id!r} to {where}{resumed}: {sum(result.rows.values())} row(s); "
+        f"{result.bulk_rows} row(s) copied while served, then paused "
+        f"{result.pause_seconds:.2f} s for {result.delta_rows} changed row(s) and "
+        f"{result.jobs} job(s); {result.total_seconds:.2f} s in all",
         style="green",
     )
