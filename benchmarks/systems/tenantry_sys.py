@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -43,7 +45,11 @@ BENCH_TENANT = "bench"
 #: Worker settings per profile (keyword arguments of ``Worker``).
 PROFILES: dict[str, dict[str, Any]] = {
     "10": {"concurrency": 10},
-    "best": {"concurrency": 10, "prefetch": 100},
+    # Highest no-op throughput in a sweep here (concurrency 10-200, prefetch
+    # 10-400, fair on/off); one tenant, so fair claiming buys nothing.
+    "best": {"concurrency": 50, "prefetch": 200, "fair": False},
+    # For tuning: Worker keyword arguments as JSON in TENANTRY_BENCH_WORKER_OPTS.
+    "custom": json.loads(os.environ.get("TENANTRY_BENCH_WORKER_OPTS", "{}")),
 }
 
 
