@@ -77,6 +77,10 @@ class Server:
             row = conn.execute(sql).fetchone()
         return row[0] if row else None
 
+    def execute(self, dbname: str, sql: str) -> None:
+        with self.connect(dbname) as conn:
+            conn.execute(sql)
+
     def wait_until_false(
         self, dbname: str, sql: str, timeout: float, interval: float = 0.02, alive: Any = None
     ) -> float | None:

@@ -242,8 +242,15 @@ class Runner:
                 raise RunFailed("workers not ready after 60 s")
             time.sleep(0.02)
 
-    def _drain(self, spec: Spec, db: str, workers: list[_WorkerProc], jobs: int) -> float:
-        timeout = max(60.0, jobs / 50)
+    def _drain(
+        self,
+        spec: Spec,
+        db: str,
+        workers: list[_WorkerProc],
+        jobs: int,
+        timeout: float | None = None,
+    ) -> float:
+        timeout = timeout or max(60.0, jobs / 50)  # 50 jobs/s at the very least
         end = self.server.wait_until_false(
             db,
             spec.system.pending_sql,
@@ -251,7 +258,10 @@ class Runner:
             alive=lambda: all(w.proc.poll() is None for w in workers),
         )
         if end is None:
-            raise RunFailed(f"jobs still pending after {timeout:.0f}s, or a worker died")
+            done = self.server.scalar(db, spec.system.finished_sql)
+            dead = [w.proc.returncode for w in workers if w.proc.poll() is not None]
+            why = f"worker exited {dead}" if dead else f"timed out after {timeout:.0f} s"
+            raise RunFailed(f"{why}; {done:,} jobs finished in all, waiting for {jobs:,}")
         return end
 
     def _verify(self, spec: Spec, db: str, out: Outcome, total: int, starts: int) -> None:
@@ -282,6 +292,7 @@ class Runner:
         enqueue_args: tuple[str, ...] = (),
         checks: tuple[tuple[str, str, int], ...] = (),
         figure: str = "",
+        timeout: float | None = None,
     ) -> Outcome:
         """Bulk-enqueue *jobs*, then drain them with *workers* worker processes."""
         out = Outcome()
@@ -291,9 +302,12 @@ class Runner:
             r = self.call(spec, "bulk", db, "--jobs", str(jobs), *enqueue_args)
             out.figures["bulk"] = jobs / r["seconds"]
             out.check("enqueued jobs", self.server.scalar(db, spec.system.unfinished_sql), jobs)
+            # Planner statistics as autovacuum keeps them on a long-lived table (a
+            # freshly filled table has none); the same for every system.
+            self.server.execute(db, "ANALYZE")
             procs = [self._start_worker(spec, db) for _ in range(workers)]
             try:
-                end = self._drain(spec, db, procs, jobs)
+                end = self._drain(spec, db, procs, jobs, timeout)
             finally:
                 records = self._stop_workers(procs)
             started = [r for r in records if r["count"]]
