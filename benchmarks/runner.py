@@ -261,7 +261,10 @@ class Runner:
             done = self.server.scalar(db, spec.system.finished_sql)
             dead = [w.proc.returncode for w in workers if w.proc.poll() is not None]
             why = f"worker exited {dead}" if dead else f"timed out after {timeout:.0f} s"
-            raise RunFailed(f"{why}; {done:,} jobs finished in all, waiting for {jobs:,}")
+            raise RunFailed(
+                f"{why}; {done:,} jobs finished in all (~{done / timeout:,.0f} jobs/s),"
+                f" waiting for {jobs:,}"
+            )
         return end
 
     def _verify(self, spec: Spec, db: str, out: Outcome, total: int, starts: int) -> None:
