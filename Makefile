@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint typecheck clean
+.PHONY: demo test test-fast lint typecheck clean bench bench-smoke
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,5 +26,25 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
 
+# Benchmarks (docs/performance.md). The peer queues get their own venv, from
+# exact pins, so they never mix with tenantry's dependencies.
+PEERS_VENV := benchmarks/.venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed
+BENCH_ARGS ?=
+
+$(PEERS_STAMP): benchmarks/requirements-peers.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade "pip==25.3"
+	$(PEERS_VENV)/bin/python -m pip install --quiet -r benchmarks/requirements-peers.txt
+	touch $(PEERS_STAMP)
+
+# Every system, 3 runs each, one table (and benchmarks/results/*.json).
+bench: $(STAMP) $(PEERS_STAMP)
+	$(BIN)/python benchmarks/suite.py --peers-python $(PEERS_VENV)/bin/python $(BENCH_ARGS)
+
+# tenantry only, small counts, one run (under a minute); what CI runs too.
+bench-smoke: $(STAMP)
+	$(BIN)/python benchmarks/suite.py --smoke $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) tenantry-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS_VENV) tenantry-data .pytest_cache .mypy_cache .ruff_cache
