@@ -50,11 +50,13 @@ running the move again finishes the clean-up.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -1175,6 +1177,73 @@ def move_tenant(
     after_step: StepHook | None = None,
 ) -> MoveResult:
     """Move (or resume moving, or abort moving) *tenant_id* to another store or mode."""
+    with _exclusive(tenantry, validate_tenant_id(tenant_id)):
+        return _move_tenant(
+            tenantry,
+            tenant_id,
+            to_store=to_store,
+            isolation=isolation,
+            abort=abort,
+            drain_timeout=drain_timeout,
+            after_step=after_step,
+        )
+
+
+@contextmanager
+def _exclusive(tenantry: Tenantry, tenant_id: str) -> Iterator[None]:
+    """One process at a time moves a tenant.
+
+    Two runs of the same move (an operator resuming while the first still
+    runs) would copy, switch and clean up against each other. A session-level
+    advisory lock on the catalog database (PostgreSQL) or an exclusive file
+    lock beside the catalog file (SQLite), held for the whole run, refuses the
+    second one; it is released when the process dies, so a crashed move can
+    be resumed at once.
+    """
+    engine = tenantry.catalog.engine
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            key = f"tenantry.move:{tenant_id}"
+            got = conn.exec_driver_sql(
+                "SELECT pg_try_advisory_lock(hashtextextended(%(k)s, 0))", {"k": key}
+            ).scalar()
+            conn.commit()
+            if not got:
+                raise MoveError(f"tenant {tenant_id!r} is being moved by another process")
+            try:
+                yield
+            finally:
+                conn.exec_driver_sql(
+                    "SELECT pg_advisory_unlock(hashtextextended(%(k)s, 0))", {"k": key}
+                )
+                conn.commit()
+        return
+    database = engine.url.database
+    if not database or database == ":memory:":
+        yield  # one process owns an in-memory catalog
+        return
+    path = Path(database).with_name(f"{Path(database).name}.move-{tenant_id}.lock")
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MoveError(f"tenant {tenant_id!r} is being moved by another process") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _move_tenant(
+    tenantry: Tenantry,
+    tenant_id: str,
+    *,
+    to_store: str | None,
+    isolation: IsolationMode | str | None,
+    abort: bool,
+    drain_timeout: float,
+    after_step: StepHook | None,
+) -> MoveResult:
     began = time.monotonic()
     tenant = tenantry.get_tenant(validate_tenant_id(tenant_id))
     move = read_move(tenantry, tenant.id)

@@ -620,3 +620,23 @@ def test_a_transaction_begun_before_the_pause_and_committed_during_it_is_copied(
     assert result.delta_rows == 1
     with tenant_context("acme"), t.session() as s:
         assert s.scalar(select(func.count()).where(Note.body == "committed during the pause")) == 1
+
+
+def test_a_second_run_of_the_same_move_is_refused_while_the_first_runs(two_stores: Any) -> None:
+    t: Tenantry = two_stores("postgresql")
+    t.create_tenant("acme", isolation="schema")
+    populate(t, "acme", running=False)
+    refused: list[str] = []
+
+    def second_run(done: str) -> None:
+        if done == "bulk-copied":  # the first run holds the move
+            with pytest.raises(MoveError, match="being moved by another process") as info:
+                move_tenant(t, "acme")
+            refused.append(str(info.value))
+
+    result = move_tenant(t, "acme", to_store="eu", isolation="database", after_step=second_run)
+    assert refused
+    assert result.tenant.store == "eu"
+    assert read_move(t, "acme") is None
+    # Released at the end: another move of the same tenant can start.
+    assert move_tenant(t, "acme", to_store="default", isolation="schema").tenant.store == "default"
