@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -245,6 +245,24 @@ class Catalog:
                 .first()
             )
         return None if row is None else _row_to_tenant(row)
+
+    def warm(self, tenant_ids: Iterable[str]) -> None:
+        """Cache these tenants with one query (those not cached and fresh already).
+
+        A worker claiming for thousands of tenants would otherwise look each one
+        up on its own before starting its job: one round trip per job.
+        Unknown ids are left out; ``get`` reports them.
+        """
+        missing = sorted({t for t in tenant_ids if self.get_cached(t) is None})
+        if not missing:
+            return
+        self.ensure_schema()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(tenants_table).where(tenants_table.c.id.in_(missing))
+            ).mappings()
+            for row in rows:
+                self._remember(_row_to_tenant(row))
 
     def list(
         self,

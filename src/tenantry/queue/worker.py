@@ -523,6 +523,15 @@ class Worker:
             interval = self._idle.get(source.key, (0.0, self.poll_interval / 2))[1]
             interval = min(longest, max(self.poll_interval, interval * 2))
             self._idle[source.key] = (time.monotonic() + interval, interval)
+        catalog = self.tenantry.catalog
+        missing = {j.tenant_id for j in jobs if catalog.get_cached(j.tenant_id) is None}
+        if missing:
+            # One catalog query for the batch's tenants the cache lacks, not
+            # one per job when it starts (_tenant_ready).
+            try:
+                await asyncio.to_thread(catalog.warm, missing)
+            except DB_ERRORS as exc:
+                log.debug("catalog warm-up failed (%s); jobs look their tenants up", _short(exc))
         for job in jobs:
             held = _Held(source, job)
             self._held[(source.key, job.id)] = held
