@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
 import os
 import signal
 import socket
@@ -553,7 +554,7 @@ class Worker:
         tenants = self._tenants_for(source)
         loads = self._loads(time.monotonic())
         members = self._source_members.get(source.key, frozenset())
-        held = {t: load for t, load in loads.items() if t in members}
+        held = _heaviest({t: load for t, load in loads.items() if t in members})
         if source.tenant_id is not None and source.tenant_id in loads:
             held = {source.tenant_id: loads[source.tenant_id]}
         after = self._after.get(source.key, "")
@@ -1173,6 +1174,20 @@ class Worker:
             self.stats.released += len(released)
             if released:
                 log.info("released %d job(s) on %s for other workers", len(released), source.key)
+
+
+#: At most this many tenants' loads go into a claim statement.
+MAX_HELD_IN_CLAIM = 512
+
+
+def _heaviest(loads: dict[str, float]) -> dict[str, float]:
+    """The loads worth sending: a tenant whose decayed load is below half a job
+    orders like an idle one, and with ten thousand tenants started recently
+    the whole map would be arrays of ten thousand values in every claim."""
+    kept = {t: v for t, v in loads.items() if v >= 0.5}
+    if len(kept) > MAX_HELD_IN_CLAIM:
+        kept = dict(heapq.nlargest(MAX_HELD_IN_CLAIM, kept.items(), key=lambda kv: kv[1]))
+    return kept
 
 
 def _weight(tenant: Tenant) -> int:
