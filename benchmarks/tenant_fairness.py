@@ -359,6 +359,11 @@ def main() -> int:
     parser.add_argument("--databases", type=int, help="database tenants (default 100)")
     parser.add_argument("--skip-many", action="store_true", help="only the noisy neighbour")
     parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes for CI: report the timing targets but fail only if a job was lost",
+    )
+    parser.add_argument(
         "--prefetch", type=int, default=None, help="worker prefetch (default: adaptive)"
     )
     parser.add_argument(
@@ -368,9 +373,9 @@ def main() -> int:
         ),
     )
     args = parser.parse_args()
-    backlog = args.backlog or (20_000 if args.ci else 100_000)
-    n_tenants = args.tenants or (200 if args.ci else 1000)
-    n_dbs = args.databases or (20 if args.ci else 100)
+    backlog = args.backlog or (2_000 if args.smoke else 20_000 if args.ci else 100_000)
+    n_tenants = args.tenants or (20 if args.smoke else 200 if args.ci else 1000)
+    n_dbs = args.databases or (3 if args.smoke else 20 if args.ci else 100)
     console = Console(width=160)
 
     console.print(f"noisy neighbour: backlog {backlog:,}, probes from 10 tenants every 50 ms")
@@ -405,14 +410,21 @@ def main() -> int:
         )
     console.print(table)
 
+    # (name, met, detail, timing): a timing target does not fail a --smoke run.
     targets = [
-        ("b..k p99 start latency < 100 ms (fair)", fair.p99_ms < 100, f"{fair.p99_ms:.1f} ms"),
+        (
+            "b..k p99 start latency < 100 ms (fair)",
+            fair.p99_ms < 100,
+            f"{fair.p99_ms:.1f} ms",
+            True,
+        ),
         (
             "a's throughput with fairness >= 80% of FIFO",
             ratio >= 0.8,
             f"{ratio:.0%} ({fair.a_rate:,.0f} vs {fifo.a_rate:,.0f} jobs/s)",
+            True,
         ),
-        ("every job completed (both runs)", fair.verified and fifo.verified, ""),
+        ("every job completed (both runs)", fair.verified and fifo.verified, "", False),
     ]
     many: list[ManyResult] = []
     if not args.skip_many:
@@ -444,13 +456,15 @@ def main() -> int:
                 "yes" if m.verified else "NO",
             )
         console.print(mt)
-        targets.append(("every job completed (many tenants)", all(m.verified for m in many), ""))
+        targets.append(
+            ("every job completed (many tenants)", all(m.verified for m in many), "", False)
+        )
 
     failed = False
-    for name, ok, detail in targets:
+    for name, ok, detail, timing in targets:
         mark = "[green]met[/]" if ok else "[red]MISSED[/]"
         console.print(f"{mark}  {name}  {detail}")
-        failed = failed or not ok
+        failed = failed or (not ok and not (timing and args.smoke))
     for r in (fair, fifo):
         for note in r.notes:
             console.print(f"[red]{note}[/]")
