@@ -28,12 +28,18 @@ def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _claim_plan(
-    conn: Connection, run: Callable[[], object], plan_cache_mode: str
+    conn: Connection,
+    run: Callable[[], object],
+    plan_cache_mode: str | None = None,
+    *,
+    analyze: bool = False,
 ) -> list[dict[str, Any]]:
     """The plan PostgreSQL actually used for the claim, as auto_explain reports it.
 
     ``plan_cache_mode`` picks a custom plan (planned with the parameter values) or
-    the generic plan a prepared statement falls back to after a few executions.
+    the generic plan a prepared statement falls back to after a few executions;
+    ``None`` leaves the settings the claim sets itself. ``analyze`` adds the
+    actual row counts.
     """
     raw = conn.connection.driver_connection
     assert raw is not None
@@ -48,39 +54,15 @@ def _claim_plan(
         conn.exec_driver_sql("SET LOCAL auto_explain.log_min_duration = 0")
         conn.exec_driver_sql("SET LOCAL auto_explain.log_level = 'notice'")
         conn.exec_driver_sql("SET LOCAL auto_explain.log_format = 'json'")
-        conn.exec_driver_sql(f"SET LOCAL plan_cache_mode = {plan_cache_mode}")
+        if analyze:
+            conn.exec_driver_sql("SET LOCAL auto_explain.log_analyze = on")
+        if plan_cache_mode is not None:
+            conn.exec_driver_sql(f"SET LOCAL plan_cache_mode = {plan_cache_mode}")
         run()
         conn.rollback()
     finally:
         raw.remove_notice_handler(on_notice)
         conn.invalidate()  # auto_explain stays loaded in that session: do not pool it
-    plans = [n for n in notices if "tenantry_jobs" in n and "lease_token" in n]
-    assert len(plans) == 1, notices
-    report = json.loads(plans[0].split("plan:", 1)[1])
-    return _nodes(report["Plan"])
-
-
-def _analyzed_claim_plan(conn: Connection, run: Callable[[], object]) -> list[dict[str, Any]]:
-    """The claim's plan with actual row counts, in the settings the claim sets itself."""
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    notices: list[str] = []
-
-    def on_notice(diag: Any) -> None:
-        notices.append(str(diag.message_primary or ""))
-
-    raw.add_notice_handler(on_notice)
-    try:
-        conn.exec_driver_sql("LOAD 'auto_explain'")
-        conn.exec_driver_sql("SET LOCAL auto_explain.log_min_duration = 0")
-        conn.exec_driver_sql("SET LOCAL auto_explain.log_analyze = on")
-        conn.exec_driver_sql("SET LOCAL auto_explain.log_level = 'notice'")
-        conn.exec_driver_sql("SET LOCAL auto_explain.log_format = 'json'")
-        run()
-        conn.rollback()
-    finally:
-        raw.remove_notice_handler(on_notice)
-        conn.invalidate()
     plans = [n for n in notices if "tenantry_jobs" in n and "lease_token" in n]
     assert len(plans) == 1, notices
     report = json.loads(plans[0].split("plan:", 1)[1])
@@ -183,7 +165,7 @@ def test_claim_reads_a_batch_not_the_backlog_without_statistics(
     env.enqueue_many("globex", "record", [{"n": i} for i in range(5)])
     claimed: list[Job] = []
     with source.engine().connect() as conn:
-        plan = _analyzed_claim_plan(
+        plan = _claim_plan(
             conn,
             lambda: claimed.extend(
                 source.backend.claim(
@@ -196,6 +178,7 @@ def test_claim_reads_a_batch_not_the_backlog_without_statistics(
                     fair=fair,
                 )
             ),
+            analyze=True,
         )
     assert len(claimed) == 10
     # Rows each scan of the jobs table produced or filtered out, over all its loops.
