@@ -209,8 +209,16 @@ class WorkerFleet:
         return [w for w in self.workers if w.alive]
 
     def stop_all(self, timeout: float = 20.0) -> dict[str, int]:
-        """SIGTERM every live worker, wait for all; returns each one's exit status."""
+        """SIGTERM every live worker, wait for all; returns each one's exit status.
+
+        A worker still starting is waited for first: before it installs its
+        signal handlers a SIGTERM kills it outright (-15), which says nothing
+        about its shutdown. A replacement started just before the queue
+        drained can be in that window.
+        """
         live = self.alive()
+        for worker in live:
+            self.wait_ready(worker)
         for worker in live:
             self.send(worker, signal.SIGTERM)
         return {w.name: self.wait_exit(w, timeout) for w in live}
