@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, text
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from tenantry import tenant_context
 from tenantry.queue import Job
+from tenantry.queue.sources import JobSource
 from tests.conftest import TenantryFactory
 from tests.integration.queue.handlers import noop_registry
 from tests.integration.queue.support import build_env
@@ -28,45 +28,56 @@ def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _claim_plan(
-    conn: Connection,
-    run: Callable[[], object],
-    plan_cache_mode: str | None = None,
+    source: JobSource,
     *,
+    limit: int,
+    fair: bool,
+    tenants: list[str] | None = None,
+    plan_cache_mode: str | None = None,
     analyze: bool = False,
-) -> list[dict[str, Any]]:
-    """The plan PostgreSQL actually used for the claim, as auto_explain reports it.
+) -> tuple[list[Job], list[dict[str, Any]]]:
+    """Claim (rolled back) and return the jobs and the plan PostgreSQL used, per auto_explain.
 
     ``plan_cache_mode`` picks a custom plan (planned with the parameter values) or
     the generic plan a prepared statement falls back to after a few executions;
     ``None`` leaves the settings the claim sets itself. ``analyze`` adds the
     actual row counts.
     """
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    notices: list[str] = []
+    with source.engine().connect() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        notices: list[str] = []
 
-    def on_notice(diag: Any) -> None:
-        notices.append(str(diag.message_primary or ""))
+        def on_notice(diag: Any) -> None:
+            notices.append(str(diag.message_primary or ""))
 
-    raw.add_notice_handler(on_notice)
-    try:
-        conn.exec_driver_sql("LOAD 'auto_explain'")
-        conn.exec_driver_sql("SET LOCAL auto_explain.log_min_duration = 0")
-        conn.exec_driver_sql("SET LOCAL auto_explain.log_level = 'notice'")
-        conn.exec_driver_sql("SET LOCAL auto_explain.log_format = 'json'")
-        if analyze:
-            conn.exec_driver_sql("SET LOCAL auto_explain.log_analyze = on")
-        if plan_cache_mode is not None:
-            conn.exec_driver_sql(f"SET LOCAL plan_cache_mode = {plan_cache_mode}")
-        run()
-        conn.rollback()
-    finally:
-        raw.remove_notice_handler(on_notice)
-        conn.invalidate()  # auto_explain stays loaded in that session: do not pool it
-    plans = [n for n in notices if "tenantry_jobs" in n and "lease_token" in n]
-    assert len(plans) == 1, notices
-    report = json.loads(plans[0].split("plan:", 1)[1])
-    return _nodes(report["Plan"])
+        raw.add_notice_handler(on_notice)
+        try:
+            conn.exec_driver_sql("LOAD 'auto_explain'")
+            conn.exec_driver_sql("SET LOCAL auto_explain.log_min_duration = 0")
+            conn.exec_driver_sql("SET LOCAL auto_explain.log_level = 'notice'")
+            conn.exec_driver_sql("SET LOCAL auto_explain.log_format = 'json'")
+            if analyze:
+                conn.exec_driver_sql("SET LOCAL auto_explain.log_analyze = on")
+            if plan_cache_mode is not None:
+                conn.exec_driver_sql(f"SET LOCAL plan_cache_mode = {plan_cache_mode}")
+            jobs = source.backend.claim(
+                conn,
+                worker_id="explain",
+                queues=["default"],
+                limit=limit,
+                lease_seconds=30,
+                tenants=tenants,
+                fair=fair,
+            )
+            conn.rollback()
+        finally:
+            raw.remove_notice_handler(on_notice)
+            conn.invalidate()  # auto_explain stays loaded in that session: do not pool it
+        plans = [n for n in notices if "tenantry_jobs" in n and "lease_token" in n]
+        assert len(plans) == 1, notices
+        report = json.loads(plans[0].split("plan:", 1)[1])
+        return jobs, _nodes(report["Plan"])
 
 
 @pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
@@ -85,23 +96,9 @@ def test_claim_reads_the_partial_index_not_the_table(
         conn.exec_driver_sql("ANALYZE tenantry.tenantry_jobs")
         conn.commit()
 
-    claimed: list[Job] = []
-    with source.engine().connect() as conn:
-        plan = _claim_plan(
-            conn,
-            lambda: claimed.extend(
-                source.backend.claim(
-                    conn,
-                    worker_id="explain",
-                    queues=["default"],
-                    limit=3,
-                    lease_seconds=30,
-                    tenants=tenants,
-                    fair=fair,
-                )
-            ),
-            plan_cache_mode,
-        )
+    claimed, plan = _claim_plan(
+        source, limit=3, fair=fair, tenants=tenants, plan_cache_mode=plan_cache_mode
+    )
     assert len(claimed) == 3
     shape = [(n["Node Type"], n.get("Relation Name"), n.get("Index Name")) for n in plan]
     assert not [
@@ -163,23 +160,7 @@ def test_claim_reads_a_batch_not_the_backlog_without_statistics(
         conn.commit()
     env.enqueue_many("acme", "record", [{"n": i} for i in range(3000)])
     env.enqueue_many("globex", "record", [{"n": i} for i in range(5)])
-    claimed: list[Job] = []
-    with source.engine().connect() as conn:
-        plan = _claim_plan(
-            conn,
-            lambda: claimed.extend(
-                source.backend.claim(
-                    conn,
-                    worker_id="explain",
-                    queues=["default"],
-                    limit=10,
-                    lease_seconds=30,
-                    tenants=None,
-                    fair=fair,
-                )
-            ),
-            analyze=True,
-        )
+    claimed, plan = _claim_plan(source, limit=10, fair=fair, analyze=True)
     assert len(claimed) == 10
     # Rows each scan of the jobs table produced or filtered out, over all its loops.
     read = [
