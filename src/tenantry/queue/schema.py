@@ -62,6 +62,10 @@ jobs_table = Table(
 _RUNNABLE = "state = 'available'"
 _WAITING = "state IN ('scheduled', 'retryable')"
 _PENDING = "state IN ('scheduled', 'available', 'running', 'retryable')"
+#: The predicate of the idempotency index, as literals: an ON CONFLICT naming it
+#: with bound parameters cannot be matched to the index under a generic plan
+#: (psycopg prepares a statement after five runs on one connection).
+IDEMPOTENCY_PREDICATE = f"idempotency_key IS NOT NULL AND {_PENDING}"
 
 Index(
     "ix_tenantry_jobs_claim",
@@ -102,8 +106,8 @@ Index(
     jobs_table.c.tenant_id,
     jobs_table.c.idempotency_key,
     unique=True,
-    postgresql_where=text(f"idempotency_key IS NOT NULL AND {_PENDING}"),
-    sqlite_where=text(f"idempotency_key IS NOT NULL AND {_PENDING}"),
+    postgresql_where=text(IDEMPOTENCY_PREDICATE),
+    sqlite_where=text(IDEMPOTENCY_PREDICATE),
 )
 Index(
     "ix_tenantry_jobs_tenant_state", jobs_table.c.tenant_id, jobs_table.c.state, jobs_table.c.kind

@@ -11,6 +11,7 @@ from sqlalchemy.exc import DBAPIError
 
 from tenantry import tenant_context
 from tenantry.queue import Job
+from tenantry.queue.job import utcnow
 from tenantry.queue.sources import JobSource
 from tests.conftest import TenantryFactory
 from tests.integration.queue.handlers import noop_registry
@@ -214,3 +215,34 @@ def test_tenant_sessions_see_and_touch_only_their_own_jobs(
         assert conn.execute(count).scalar() == 5
     assert env.total("acme") == 3
     assert env.total("globex") == 2
+
+
+def test_idempotent_enqueue_works_under_a_generic_plan(make_tenantry: TenantryFactory) -> None:
+    """psycopg prepares a statement after five runs on one connection; the keyed
+    INSERT's ON CONFLICT must still find the partial unique index then (with the
+    index predicate as bound parameters, a generic plan could not: seen in CI)."""
+    env = build_env(make_tenantry, "postgresql", "shared", noop_registry(), ("acme",))
+    rows: list[dict[str, Any]] = [
+        {
+            "tenant_id": "acme",
+            "queue": "default",
+            "kind": "record",
+            "payload": {"n": i},
+            "priority": 0,
+            "state": "available",
+            "attempt": 0,
+            "max_attempts": 3,
+            "scheduled_at": utcnow(),
+            "errors": [],
+            "idempotency_key": f"key-{i % 4}",
+            "correlation_id": None,
+            "created_at": utcnow(),
+        }
+        for i in range(8)
+    ]
+    source = env.source("acme")
+    with source.engine().begin() as conn:
+        conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+        inserted = source.backend.insert_jobs(conn, rows)
+    assert [i.created for i in inserted] == [True] * 4 + [False] * 4
+    assert [i.id for i in inserted[4:]] == [i.id for i in inserted[:4]]

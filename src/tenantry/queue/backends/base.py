@@ -20,15 +20,16 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Insert,
-    and_,
     delete,
     select,
+    text,
     tuple_,
     update,
 )
 
 from tenantry.queue.fairness import interleave
 from tenantry.queue.job import PENDING_STATES, Job, JobState, utcnow
+from tenantry.queue.schema import IDEMPOTENCY_PREDICATE
 from tenantry.queue.schema import jobs_table as J
 
 Lease = tuple[int, str]  # (job id, lease token)
@@ -124,10 +125,7 @@ class QueueBackend:
             .values(**row)
             .on_conflict_do_nothing(  # type: ignore[attr-defined]
                 index_elements=[J.c.tenant_id, J.c.idempotency_key],
-                index_where=and_(
-                    J.c.idempotency_key.is_not(None),
-                    J.c.state.in_([s.value for s in PENDING_STATES]),
-                ),
+                index_where=text(IDEMPOTENCY_PREDICATE),
             )
             .returning(J.c.id)
         )
