@@ -217,8 +217,12 @@ class Catalog:
 
     # -- reads --------------------------------------------------------------
     def get_cached(self, tenant_id: str) -> Tenant | None:
-        """The cached entry if it is still fresh; never touches the database."""
-        validate_tenant_id(tenant_id)
+        """The cached entry if it is still fresh; never touches the database.
+
+        No validation here: only valid ids are ever cached, so an invalid one
+        misses, and ``get`` (what a miss leads to) validates. The worker asks
+        this once per job.
+        """
         with self._lock:
             hit = self._cache.get(tenant_id)
         return hit[1] if hit is not None and hit[0] > self._clock() else None

@@ -54,6 +54,14 @@ class JobSource:
         options = self.backend.write_options
         return engine.execution_options(**options) if options else engine
 
+    def claim_sync_engine(self) -> Engine:
+        """For claims run on the worker's claim thread (see ``Store.claim_engine``)."""
+        if self.tenant_id is not None:
+            return self.engine()
+        engine = self.store.claim_engine()
+        options = self.backend.write_options
+        return engine.execution_options(**options) if options else engine
+
     def async_engine(self) -> AsyncEngine:
         # Queue transactions write; on SQLite they take the write lock at BEGIN
         # so a read-then-write transaction cannot fail half-way with BUSY.

@@ -38,9 +38,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import psycopg
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenantry.catalog import Tenant, TenantStatus
 from tenantry.context import tenant_context
@@ -249,7 +248,10 @@ class Worker:
         self._executor = ThreadPoolExecutor(
             max_workers=concurrency, thread_name_prefix="tenantry-job"
         )
-        self._claim_engines: dict[str, AsyncEngine] = {}
+        self._claim_engines: dict[str, Engine] = {}
+        # Claims run on one thread of their own (see Store.claim_engine): a
+        # claim's round trips then do not each wait for a turn of a busy loop.
+        self._claimer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tenantry-claim")
         self._claiming = False  # a claim transaction is under way
         # Adaptive polling of databases without LISTEN: key -> (next poll, interval).
         self._idle: dict[str, tuple[float, float]] = {}
@@ -335,6 +337,7 @@ class Worker:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
             self._executor.shutdown(wait=False, cancel_futures=True)
+            self._claimer.shutdown(wait=False, cancel_futures=True)
             log.info("worker %s stopped: %s", self.worker_id, self.stats)
         return self.stats
 
@@ -545,7 +548,7 @@ class Worker:
         # store's bounded LRU each time, so the connection count stays bounded.
         engine = self._claim_engines.get(source.key)
         if engine is None:
-            engine = source.claim_engine()
+            engine = source.claim_sync_engine()
             if source.tenant_id is None:
                 self._claim_engines[source.key] = engine
         backend = source.backend
@@ -574,9 +577,12 @@ class Worker:
             )
             return done, jobs
 
+        def transaction() -> tuple[set[int], list[Job]]:
+            with engine.begin() as conn:
+                return work(conn)
+
         try:
-            async with engine.begin() as conn:
-                done, jobs = await conn.run_sync(work)
+            done, jobs = await self._loop.run_in_executor(self._claimer, transaction)
         except BaseException:
             if acks:
                 self._to_complete.setdefault(source.key, [])[:0] = acks
@@ -614,7 +620,7 @@ class Worker:
     async def _run_job(self, held: _Held) -> None:
         job = held.job
         try:
-            async with tenant_context(job.tenant_id):
+            with tenant_context.trusted(job.tenant_id):  # validated when enqueued
                 await self._execute(held)
         except asyncio.CancelledError:
             # Shutdown past the grace period: the drain releases the lease.
