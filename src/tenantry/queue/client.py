@@ -159,11 +159,13 @@ class Queue:
             for p in payloads
         ]
 
-    def _write(
-        self, conn: Connection, rows: list[dict[str, Any]], owner: bool = False
-    ) -> list[EnqueuedJob]:
+    def _write(self, conn: Connection, rows: list[dict[str, Any]]) -> list[EnqueuedJob]:
+        """Write through the caller's connection, in the caller's transaction."""
         backend = backend_for(conn.dialect.name)
-        inserted: list[Inserted] = backend.write_jobs(conn, rows, owner=owner)
+        return self._enqueued(rows, backend.write_jobs(conn, rows))
+
+    @staticmethod
+    def _enqueued(rows: Sequence[dict[str, Any]], inserted: list[Inserted]) -> list[EnqueuedJob]:
         # A deduplicated enqueue reports the existing job as it is, not the request.
         states = _STATES
         return [
@@ -236,13 +238,8 @@ class Queue:
             return self._write(connection, rows)
         with _reported_unavailable():
             source = self._source_of(self.tenantry.catalog.get(tenant_id))
-            engine = source.enqueue_engine()
-            if source.backend.writes_in_one_statement(rows):
-                with engine.connect() as conn:
-                    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-                    return self._write(conn, rows)
-            with engine.begin() as conn:
-                return self._write(conn, rows, owner=True)
+            inserted = source.backend.write_standalone(source.enqueue_engine(), rows)
+        return self._enqueued(rows, inserted)
 
     def _prepare(
         self, kind: str, payloads: Sequence[Any], options: dict[str, Any]
@@ -291,13 +288,8 @@ class Queue:
             if tenant is None:
                 tenant = await asyncio.to_thread(self.tenantry.catalog.get, tenant_id)
             source = self._source_of(tenant)
-            engine = source.async_engine()
-            if source.backend.writes_in_one_statement(rows):
-                async with engine.connect() as aconn:
-                    aconn = await aconn.execution_options(isolation_level="AUTOCOMMIT")
-                    return await aconn.run_sync(self._write, rows)
-            async with engine.begin() as aconn:
-                return await aconn.run_sync(self._write, rows, True)
+            inserted = await source.backend.awrite_standalone(source.async_engine(), rows)
+        return self._enqueued(rows, inserted)
 
     def _source_of(self, tenant: Tenant) -> JobSource:
         """Where a standalone enqueue writes: the tenant's jobs table, as the queue's login.

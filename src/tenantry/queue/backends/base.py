@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Engine,
     Insert,
     delete,
     select,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenantry.queue.fairness import interleave
 from tenantry.queue.job import PENDING_STATES, Job, JobState, utcnow
@@ -90,6 +92,32 @@ class QueueBackend:
     def writes_in_one_statement(self, rows: Sequence[dict[str, Any]]) -> bool:
         """Whether ``write_jobs`` is a single statement, atomic without a transaction."""
         return False
+
+    def write_standalone(self, engine: Engine, rows: Sequence[dict[str, Any]]) -> list[Inserted]:
+        """Write *rows* in tenantry's own transaction, committed when this returns.
+
+        For an enqueue without the caller's session or connection. A dialect
+        may override this with a cheaper way to the same result (PostgreSQL
+        runs one autocommitted statement on the driver's connection); errors
+        must stay SQLAlchemy's, as this generic path raises them.
+        """
+        if self.writes_in_one_statement(rows):
+            with engine.connect() as conn:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                return self.write_jobs(conn, rows)
+        with engine.begin() as conn:
+            return self.write_jobs(conn, rows, owner=True)
+
+    async def awrite_standalone(
+        self, engine: AsyncEngine, rows: Sequence[dict[str, Any]]
+    ) -> list[Inserted]:
+        """``write_standalone`` on an async engine."""
+        if self.writes_in_one_statement(rows):
+            async with engine.connect() as aconn:
+                aconn = await aconn.execution_options(isolation_level="AUTOCOMMIT")
+                return await aconn.run_sync(lambda conn: self.write_jobs(conn, rows))
+        async with engine.begin() as aconn:
+            return await aconn.run_sync(lambda conn: self.write_jobs(conn, rows, owner=True))
 
     def insert_jobs(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> list[Inserted]:
         """Insert *rows*; rows with an idempotency key may resolve to an existing job.
