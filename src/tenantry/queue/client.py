@@ -34,6 +34,7 @@ from tenantry.ids import validate_tenant_id
 from tenantry.logs import get_logger
 from tenantry.queue import control
 from tenantry.queue.backends import Inserted, backend_for, ensure_queue_schema, ensure_store_queue
+from tenantry.queue.backends.base import Created, NewJobs
 from tenantry.queue.job import FINISHED_STATES, PENDING_STATES, Job, JobState, utcnow
 from tenantry.queue.registry import JobRegistry
 from tenantry.queue.schema import jobs_table as J
@@ -113,7 +114,7 @@ class Queue:
         max_attempts: int | None,
         idempotency_key: str | None,
         correlation_id: str | None,
-    ) -> list[dict[str, Any]]:
+    ) -> NewJobs:
         handler = self.registry.get(kind)
         if delay is not None and run_at is not None:
             raise ConfigError("give delay or run_at, not both")
@@ -140,32 +141,41 @@ class Queue:
         if not -32768 <= prio <= 32767:
             raise ConfigError("priority must be between -32768 and 32767")
         state = JobState.SCHEDULED if when > now else JobState.AVAILABLE
-        return [
-            {
-                "tenant_id": tenant_id,
-                "queue": queue or handler.queue,
-                "kind": kind,
-                "payload": handler.dump(p),
-                "priority": prio,
-                "state": state.value,
-                "attempt": 0,
-                "max_attempts": attempts,
-                "scheduled_at": when,
-                "errors": [],
-                "idempotency_key": idempotency_key,
-                "correlation_id": correlation_id,
-                "created_at": now,
-            }
-            for p in payloads
-        ]
+        validate = handler.validate
+        values = [validate(p) for p in payloads]  # every payload, before anything is written
+        common: dict[str, Any] = {
+            "tenant_id": tenant_id,
+            "queue": queue or handler.queue,
+            "kind": kind,
+            "payload": None,  # per job: see NewJobs
+            "priority": prio,
+            "state": state.value,
+            "attempt": 0,
+            "max_attempts": attempts,
+            "scheduled_at": when,
+            "errors": [],
+            "idempotency_key": idempotency_key,
+            "correlation_id": correlation_id,
+            "created_at": now,
+        }
+        return NewJobs(common, values, handler)
 
-    def _write(self, conn: Connection, rows: list[dict[str, Any]]) -> list[EnqueuedJob]:
+    def _write(self, conn: Connection, rows: NewJobs) -> list[EnqueuedJob]:
         """Write through the caller's connection, in the caller's transaction."""
         backend = backend_for(conn.dialect.name)
         return self._enqueued(rows, backend.write_jobs(conn, rows))
 
     @staticmethod
-    def _enqueued(rows: Sequence[dict[str, Any]], inserted: list[Inserted]) -> list[EnqueuedJob]:
+    def _enqueued(rows: NewJobs, inserted: Sequence[Inserted]) -> list[EnqueuedJob]:
+        if isinstance(inserted, Created) or all(i.created for i in inserted):
+            # The common case: every job as requested, so from the shared columns.
+            ids = inserted.ids if isinstance(inserted, Created) else [i.id for i in inserted]
+            if len(ids) != len(rows):
+                raise RuntimeError(f"{len(rows)} jobs written but {len(ids)} ids returned")
+            common = rows.common
+            tenant_id, kind, queue = common["tenant_id"], common["kind"], common["queue"]
+            state = _STATES[common["state"]]
+            return [EnqueuedJob(i, tenant_id, kind, queue, state, True) for i in ids]
         # A deduplicated enqueue reports the existing job as it is, not the request.
         states = _STATES
         return [
@@ -243,7 +253,7 @@ class Queue:
 
     def _prepare(
         self, kind: str, payloads: Sequence[Any], options: dict[str, Any]
-    ) -> tuple[str, list[dict[str, Any]]]:
+    ) -> tuple[str, NewJobs]:
         tenant_id = current_tenant()
         opts = _enqueue_options(options)
         if opts["idempotency_key"] is not None and len(payloads) > 1:
