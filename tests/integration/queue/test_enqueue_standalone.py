@@ -234,3 +234,43 @@ async def test_async_a_terminated_connection_is_unavailable_then_replaced(
         again = await env.queue.aenqueue("record", {"n": 3})
     ids = sorted(j.id for j in env.queue.list_jobs(tenant_id="acme"))
     assert ids == [kept.id, again.id]
+
+
+def test_a_refused_connection_is_unavailable(
+    make_tenantry: TenantryFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool cannot connect (server down): ``QueueUnavailableError``, as before."""
+    env = build_env(make_tenantry, "postgresql", "shared", noop_registry())
+    env.enqueue("acme", "record", {"n": 1})
+    env.source("acme").enqueue_engine().dispose()
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise psycopg.OperationalError("connection refused (test)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(psycopg, "connect", refuse)
+        with tenant_context("acme"), pytest.raises(QueueUnavailableError) as caught:
+            env.queue.enqueue("record", {"n": 2})
+    assert isinstance(caught.value.__cause__, OperationalError)
+    env.enqueue("acme", "record", {"n": 3})
+    assert env.total("acme") == 2
+
+
+async def test_async_a_refused_connection_is_unavailable(
+    make_env: EnvFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = make_env("postgresql", "shared", noop_registry())
+    async with tenant_context("acme"):
+        await env.queue.aenqueue("record", {"n": 1})
+        await env.source("acme").async_engine().dispose()
+
+        async def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise psycopg.OperationalError("connection refused (test)")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(psycopg.AsyncConnection, "connect", refuse)
+            with pytest.raises(QueueUnavailableError) as caught:
+                await env.queue.aenqueue("record", {"n": 2})
+        assert isinstance(caught.value.__cause__, OperationalError)
+        await env.queue.aenqueue("record", {"n": 3})
+    assert env.total("acme") == 2

@@ -452,7 +452,13 @@ class PostgresBackend(QueueBackend):
         if not self.writes_in_one_statement(rows):
             return super().write_standalone(engine, rows)
         statement, params = self._one_statement(rows)
-        fairy = engine.raw_connection()
+        try:
+            fairy = engine.raw_connection()
+        except psycopg.Error as exc:
+            # Could not connect: wrapped as ``engine.connect()`` would have.
+            raise DBAPIError.instance(
+                None, None, exc, psycopg.Error, dialect=engine.dialect
+            ) from exc
         raw = fairy.driver_connection
         assert isinstance(raw, psycopg.Connection)
         try:
