@@ -34,6 +34,7 @@ from tenantry.ids import validate_tenant_id
 from tenantry.logs import get_logger
 from tenantry.queue import control
 from tenantry.queue.backends import Inserted, backend_for, ensure_queue_schema, ensure_store_queue
+from tenantry.queue.backends.base import Created, NewJobs
 from tenantry.queue.job import FINISHED_STATES, PENDING_STATES, Job, JobState, utcnow
 from tenantry.queue.registry import JobRegistry
 from tenantry.queue.schema import jobs_table as J
@@ -113,7 +114,7 @@ class Queue:
         max_attempts: int | None,
         idempotency_key: str | None,
         correlation_id: str | None,
-    ) -> list[dict[str, Any]]:
+    ) -> NewJobs:
         handler = self.registry.get(kind)
         if delay is not None and run_at is not None:
             raise ConfigError("give delay or run_at, not both")
@@ -140,30 +141,41 @@ class Queue:
         if not -32768 <= prio <= 32767:
             raise ConfigError("priority must be between -32768 and 32767")
         state = JobState.SCHEDULED if when > now else JobState.AVAILABLE
-        return [
-            {
-                "tenant_id": tenant_id,
-                "queue": queue or handler.queue,
-                "kind": kind,
-                "payload": handler.dump(p),
-                "priority": prio,
-                "state": state.value,
-                "attempt": 0,
-                "max_attempts": attempts,
-                "scheduled_at": when,
-                "errors": [],
-                "idempotency_key": idempotency_key,
-                "correlation_id": correlation_id,
-                "created_at": now,
-            }
-            for p in payloads
-        ]
+        validate = handler.validate
+        values = [validate(p) for p in payloads]  # every payload, before anything is written
+        common: dict[str, Any] = {
+            "tenant_id": tenant_id,
+            "queue": queue or handler.queue,
+            "kind": kind,
+            "payload": None,  # per job: see NewJobs
+            "priority": prio,
+            "state": state.value,
+            "attempt": 0,
+            "max_attempts": attempts,
+            "scheduled_at": when,
+            "errors": [],
+            "idempotency_key": idempotency_key,
+            "correlation_id": correlation_id,
+            "created_at": now,
+        }
+        return NewJobs(common, values, handler)
 
-    def _write(
-        self, conn: Connection, rows: list[dict[str, Any]], owner: bool = False
-    ) -> list[EnqueuedJob]:
+    def _write(self, conn: Connection, rows: NewJobs) -> list[EnqueuedJob]:
+        """Write through the caller's connection, in the caller's transaction."""
         backend = backend_for(conn.dialect.name)
-        inserted: list[Inserted] = backend.write_jobs(conn, rows, owner=owner)
+        return self._enqueued(rows, backend.write_jobs(conn, rows))
+
+    @staticmethod
+    def _enqueued(rows: NewJobs, inserted: Sequence[Inserted]) -> list[EnqueuedJob]:
+        if isinstance(inserted, Created) or all(i.created for i in inserted):
+            # The common case: every job as requested, so from the shared columns.
+            ids = inserted.ids if isinstance(inserted, Created) else [i.id for i in inserted]
+            if len(ids) != len(rows):
+                raise RuntimeError(f"{len(rows)} jobs written but {len(ids)} ids returned")
+            common = rows.common
+            tenant_id, kind, queue = common["tenant_id"], common["kind"], common["queue"]
+            state = _STATES[common["state"]]
+            return [EnqueuedJob(i, tenant_id, kind, queue, state, True) for i in ids]
         # A deduplicated enqueue reports the existing job as it is, not the request.
         states = _STATES
         return [
@@ -236,17 +248,12 @@ class Queue:
             return self._write(connection, rows)
         with _reported_unavailable():
             source = self._source_of(self.tenantry.catalog.get(tenant_id))
-            engine = source.enqueue_engine()
-            if source.backend.writes_in_one_statement(rows):
-                with engine.connect() as conn:
-                    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-                    return self._write(conn, rows)
-            with engine.begin() as conn:
-                return self._write(conn, rows, owner=True)
+            inserted = source.backend.write_standalone(source.enqueue_engine(), rows)
+        return self._enqueued(rows, inserted)
 
     def _prepare(
         self, kind: str, payloads: Sequence[Any], options: dict[str, Any]
-    ) -> tuple[str, list[dict[str, Any]]]:
+    ) -> tuple[str, NewJobs]:
         tenant_id = current_tenant()
         opts = _enqueue_options(options)
         if opts["idempotency_key"] is not None and len(payloads) > 1:
@@ -291,13 +298,8 @@ class Queue:
             if tenant is None:
                 tenant = await asyncio.to_thread(self.tenantry.catalog.get, tenant_id)
             source = self._source_of(tenant)
-            engine = source.async_engine()
-            if source.backend.writes_in_one_statement(rows):
-                async with engine.connect() as aconn:
-                    aconn = await aconn.execution_options(isolation_level="AUTOCOMMIT")
-                    return await aconn.run_sync(self._write, rows)
-            async with engine.begin() as aconn:
-                return await aconn.run_sync(self._write, rows, True)
+            inserted = await source.backend.awrite_standalone(source.async_engine(), rows)
+        return self._enqueued(rows, inserted)
 
     def _source_of(self, tenant: Tenant) -> JobSource:
         """Where a standalone enqueue writes: the tenant's jobs table, as the queue's login.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import inspect
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +42,9 @@ class Handler:
         try:
             if isinstance(payload, (str, bytes)) and self.payload_type not in (str, bytes):
                 return self.adapter.validate_json(payload)
-            return self.adapter.validate_python(payload)
+            # The adapter's validator itself: the same call as ``validate_python``
+            # with its defaults, without its wrapper (a third of its cost).
+            return self.adapter.validator.validate_python(payload)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "payload"
@@ -52,7 +55,28 @@ class Handler:
 
     def dump(self, payload: Any) -> Any:
         """Validate and return the JSON-ready form stored in the jobs table."""
-        return self.adapter.dump_python(self.validate(payload), mode="json")
+        return self.dump_validated(self.validate(payload))
+
+    def dump_validated(self, value: Any) -> Any:
+        """The JSON-ready form of a payload ``validate`` returned."""
+        return self.adapter.dump_python(value, mode="json")
+
+    def json_text(self, value: Any) -> bytes:
+        """A payload ``validate`` returned as JSON text (ASCII only), the value ``dump`` gives.
+
+        pydantic serializes straight to JSON, several times cheaper than
+        ``json.dumps(dump_validated(value))``, and the value is the same but
+        for one case: a non-finite float, which ``dump_validated`` keeps (the
+        jobs table's jsonb then refuses it) and pydantic writes as ``null``.
+        Text with a ``null`` in it is therefore made the old way, so such a
+        payload is still refused rather than stored altered. ASCII (non-ASCII
+        characters escaped) reads the same in any client encoding.
+        """
+        # ``dump_json``'s serializer, called directly: half the cost of the wrapper.
+        text = self.adapter.serializer.to_json(value, ensure_ascii=True, warnings=True)
+        if b"null" in text:
+            return json.dumps(self.dump_validated(value)).encode()
+        return text
 
 
 def _payload_type_of(fn: HandlerFn) -> Any:

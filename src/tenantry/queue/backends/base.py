@@ -11,14 +11,15 @@ wake-ups. Methods take a *sync* ``Connection``; async callers run them through
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, overload
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Engine,
     Insert,
     delete,
     select,
@@ -26,9 +27,11 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenantry.queue.fairness import interleave
 from tenantry.queue.job import PENDING_STATES, Job, JobState, utcnow
+from tenantry.queue.registry import Handler
 from tenantry.queue.schema import IDEMPOTENCY_PREDICATE
 from tenantry.queue.schema import jobs_table as J
 
@@ -40,6 +43,97 @@ class Inserted:
     id: int
     created: bool  # False: an unfinished job with the same idempotency key was returned
     existing: dict[str, Any] | None = None  # kind, queue, state of that existing job
+
+
+class Created(Sequence[Inserted]):
+    """Jobs just inserted, by id: each reads as ``Inserted(id, True)``, made when read.
+
+    A bulk write returns thousands of these and the client needs only the
+    ids (``ids``), so no object is made per job on the way.
+    """
+
+    __slots__ = ("ids",)
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, index: int) -> Inserted: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Inserted]: ...
+    def __getitem__(self, index: int | slice) -> Inserted | list[Inserted]:
+        if isinstance(index, slice):
+            return [Inserted(i, True) for i in self.ids[index]]
+        return Inserted(self.ids[index], True)
+
+    def __iter__(self) -> Iterator[Inserted]:
+        return (Inserted(i, True) for i in self.ids)
+
+
+class NewJobs(Sequence[dict[str, Any]]):
+    """The rows of one enqueue call: the columns its jobs share, and their payloads.
+
+    Within one ``enqueue_many`` every column but the payload is the same for
+    each job, so it is kept once (``common``, with ``payload`` None) beside
+    the validated payloads. Generic write paths see a sequence of row dicts,
+    made once on first use, exactly as they were before; PostgreSQL's paths
+    read ``common`` and ``payload_texts()`` instead and never make them, which
+    is most of what a large ``enqueue_many`` cost in Python.
+    """
+
+    __slots__ = ("_handler", "_rows", "_texts", "_values", "common")
+
+    def __init__(self, common: dict[str, Any], values: list[Any], handler: Handler) -> None:
+        self.common = common
+        self._values = values
+        self._handler = handler
+        self._rows: list[dict[str, Any]] | None = None
+        self._texts: list[bytes] | None = None
+
+    @property
+    def queue(self) -> str:
+        return str(self.common["queue"])
+
+    def payload_texts(self) -> list[bytes]:
+        """Each payload as JSON text (ASCII), see ``Handler.json_text``."""
+        if self._texts is None:
+            json_text = self._handler.json_text
+            self._texts = [json_text(v) for v in self._values]
+        return self._texts
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The row dicts, ``payload`` in its JSON-ready form (``Handler.dump``)."""
+        if self._rows is None:
+            dump, common = self._handler.dump_validated, self.common
+            self._rows = []
+            for value in self._values:
+                row = common.copy()
+                row["payload"] = dump(value)
+                self._rows.append(row)
+        return self._rows
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        return self.rows()[index]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.rows())
+
+
+def is_keyless(rows: Sequence[Mapping[str, Any]]) -> bool:
+    """No row has an idempotency key (read once for a ``NewJobs``)."""
+    if isinstance(rows, NewJobs):
+        return rows.common.get("idempotency_key") is None
+    return all(r.get("idempotency_key") is None for r in rows)
 
 
 class QueueBackend:
@@ -76,7 +170,7 @@ class QueueBackend:
     # -- enqueue -----------------------------------------------------------------
     def write_jobs(
         self, conn: Connection, rows: Sequence[dict[str, Any]], *, owner: bool = False
-    ) -> list[Inserted]:
+    ) -> Sequence[Inserted]:
         """Insert *rows* and wake the workers of their queues (once committed).
 
         ``owner``: *conn* is tenantry's own connection as the table's owner
@@ -90,6 +184,34 @@ class QueueBackend:
     def writes_in_one_statement(self, rows: Sequence[dict[str, Any]]) -> bool:
         """Whether ``write_jobs`` is a single statement, atomic without a transaction."""
         return False
+
+    def write_standalone(
+        self, engine: Engine, rows: Sequence[dict[str, Any]]
+    ) -> Sequence[Inserted]:
+        """Write *rows* in tenantry's own transaction, committed when this returns.
+
+        For an enqueue without the caller's session or connection. A dialect
+        may override this with a cheaper way to the same result (PostgreSQL
+        runs one autocommitted statement on the driver's connection); errors
+        must stay SQLAlchemy's, as this generic path raises them.
+        """
+        if self.writes_in_one_statement(rows):
+            with engine.connect() as conn:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                return self.write_jobs(conn, rows)
+        with engine.begin() as conn:
+            return self.write_jobs(conn, rows, owner=True)
+
+    async def awrite_standalone(
+        self, engine: AsyncEngine, rows: Sequence[dict[str, Any]]
+    ) -> Sequence[Inserted]:
+        """``write_standalone`` on an async engine."""
+        if self.writes_in_one_statement(rows):
+            async with engine.connect() as aconn:
+                aconn = await aconn.execution_options(isolation_level="AUTOCOMMIT")
+                return await aconn.run_sync(lambda conn: self.write_jobs(conn, rows))
+        async with engine.begin() as aconn:
+            return await aconn.run_sync(lambda conn: self.write_jobs(conn, rows, owner=True))
 
     def insert_jobs(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> list[Inserted]:
         """Insert *rows*; rows with an idempotency key may resolve to an existing job.
