@@ -75,8 +75,9 @@ class Sizes:
 #: The growth drains (2M extra rows; 10,000 tenants) give up after this long:
 #: tenantry's fair claim was slow enough there (docs/performance.md) that an
 #: uncapped drain took many minutes per run. A capped-out run is FAILED, with
-#: the count finished so far.
-CAPPED_DRAIN_S = 60.0
+#: the count finished so far. 150 s: on a machine half as fast as the one
+#: this was first set on, the 10,000-tenant drain took just over 60 s.
+CAPPED_DRAIN_S = 150.0
 
 SMOKE = Sizes(jobs=500, single=100, probes=20, filler=2_000, tenants=50)
 

@@ -441,3 +441,42 @@ def test_an_empty_window_moves_on_through_the_catalog() -> None:
     assert next_after("t2", [], catalog, 3) == "t5"
     assert next_after("t8", [], catalog, 3) == "t1"  # wraps around
     assert next_after("t4", [], catalog[:3], 3) == ""  # the window holds them all
+
+
+# -- DecayingCounts: the worker's recent starts per tenant -------------------------
+def test_decaying_counts_halve_every_half_life() -> None:
+    from tenantry.queue.fairness import DecayingCounts
+
+    counts = DecayingCounts(half_life=2.0, now=100.0)
+    counts.add("a", 100.0)
+    counts.add("a", 102.0)  # 0.5 left of the first, plus 1
+    counts.add("b", 104.0)
+    values = counts.values(104.0)
+    assert values["a"] == pytest.approx(0.75)
+    assert values["b"] == pytest.approx(1.0)
+    assert counts.values(106.0)["b"] == pytest.approx(0.5)
+
+
+def test_decaying_counts_drop_what_decayed_below_the_floor() -> None:
+    from tenantry.queue.fairness import DecayingCounts
+
+    counts = DecayingCounts(half_life=1.0, now=0.0)
+    counts.add("old", 0.0)
+    counts.add("new", 10.0)
+    assert set(counts.values(10.0)) == {"new"}  # 2**-10 < 0.01
+    assert len(counts) == 1
+
+
+def test_decaying_counts_stay_exact_across_a_rebase() -> None:
+    from tenantry.queue.fairness import DecayingCounts
+
+    counts = DecayingCounts(half_life=1.0, now=0.0)
+    counts.add("a", 0.0)
+    # Far past the rebase point: a plain scaled value would overflow a float.
+    for t in range(0, 5000, 3):
+        counts.add("b", float(t))
+    values = counts.values(5000.0)
+    assert "a" not in values
+    expected = sum(2.0 ** -(5000 - t) for t in range(0, 5000, 3))
+    assert values["b"] == pytest.approx(expected)
+    assert math.isfinite(values["b"])

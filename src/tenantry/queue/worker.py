@@ -57,7 +57,14 @@ from tenantry.queue.backends.sqlite import wakeups
 from tenantry.queue.buffer import AdaptivePrefetch, FixedPrefetch, JobBuffer
 from tenantry.queue.client import Queue
 from tenantry.queue.context import JobContext
-from tenantry.queue.fairness import FAIR_WINDOW, Contender, next_after, shares, virtual_key
+from tenantry.queue.fairness import (
+    FAIR_WINDOW,
+    Contender,
+    DecayingCounts,
+    next_after,
+    shares,
+    virtual_key,
+)
 from tenantry.queue.job import Job, utcnow
 from tenantry.queue.registry import Handler, JobRegistry
 from tenantry.queue.retry import RetryPolicy
@@ -256,7 +263,7 @@ class Worker:
         # Adaptive polling of databases without LISTEN: key -> (next poll, interval).
         self._idle: dict[str, tuple[float, float]] = {}
         self._synced: dict[str, tuple[str, datetime]] = {}  # tenant -> (source, updated_at)
-        self._recent: dict[str, tuple[float, float]] = {}  # tenant -> (decaying starts, when)
+        self._recent = DecayingCounts(LOAD_HALF_LIFE, time.monotonic())  # starts per tenant
         self._weights: dict[str, int] = {}  # tenant -> fair-share weight (catalog)
         self._source_tenants: dict[str, list[str]] = {}  # source key -> its tenants, sorted
         self._source_members: dict[str, frozenset[str]] = {}  # the same, for lookups
@@ -427,6 +434,10 @@ class Worker:
         if not due:
             return 0
         loads = self._loads(now)
+        if len(due) == 1:  # nothing to weigh
+            got = await self._claim_into(due[0], want, loads)
+            self.stats.claimed += got
+            return got
         base = datetime(2000, 1, 1, tzinfo=UTC)
         contenders = []
         for order, source in enumerate(due):
@@ -452,7 +463,7 @@ class Worker:
             if asked <= 0 or self._stopping:
                 continue
             source = by_key[c.tenant_id]
-            got = await self._claim_into(source, asked)
+            got = await self._claim_into(source, asked, loads)
             total += got
             if got >= asked:
                 full.append(source)
@@ -462,7 +473,8 @@ class Worker:
         for source in [*full, *rest]:
             if total >= want or self._stopping:
                 break
-            total += await self._claim_into(source, want - total)
+            # A source may be asked again: its jobs claimed above count now.
+            total += await self._claim_into(source, want - total, self._loads(time.monotonic()))
         self.stats.claimed += total
         return total
 
@@ -484,29 +496,18 @@ class Worker:
         tenant would tie at every claim. Starts decay with a half-life of
         ``LOAD_HALF_LIFE`` seconds.
         """
-        loads: dict[str, float] = {}
+        loads = self._recent.values(now)
         for item in self._held.values():
             loads[item.job.tenant_id] = loads.get(item.job.tenant_id, 0.0) + 1.0
-        stale = []
-        for tenant_id, (value, at) in self._recent.items():
-            decayed = value * 0.5 ** ((now - at) / LOAD_HALF_LIFE)
-            if decayed < 0.01:
-                stale.append(tenant_id)
-                continue
-            loads[tenant_id] = loads.get(tenant_id, 0.0) + decayed
-        for tenant_id in stale:
-            del self._recent[tenant_id]
         return loads
 
     def _started_recently(self, tenant_id: str) -> None:
-        now = time.monotonic()
-        value, at = self._recent.get(tenant_id, (0.0, now))
-        self._recent[tenant_id] = (value * 0.5 ** ((now - at) / LOAD_HALF_LIFE) + 1.0, now)
+        self._recent.add(tenant_id, time.monotonic())
 
-    async def _claim_into(self, source: JobSource, limit: int) -> int:
+    async def _claim_into(self, source: JobSource, limit: int, loads: dict[str, float]) -> int:
         started = time.perf_counter()
         try:
-            jobs = await self._claim(source, limit)
+            jobs = await self._claim(source, limit, loads)
         except DB_ERRORS as exc:
             delay = self._backoff.failed(source.key)
             log.warning(
@@ -542,7 +543,7 @@ class Worker:
             self._buffer.append(held)
         return len(jobs)
 
-    async def _claim(self, source: JobSource, limit: int) -> list[Job]:
+    async def _claim(self, source: JobSource, limit: int, loads: dict[str, float]) -> list[Job]:
         """Acknowledge this source's finished jobs and claim new ones in one transaction."""
         # A store's engine is long-lived; a tenant database's comes from the
         # store's bounded LRU each time, so the connection count stays bounded.
@@ -555,7 +556,7 @@ class Worker:
         acks = self._to_complete.pop(source.key, [])
         leases = [(h.job.id, h.job.lease_token or "") for h in acks]
         tenants = self._tenants_for(source)
-        loads = self._loads(time.monotonic())
+        # *loads* is the round's (one computation per round, not per claim).
         members = self._source_members.get(source.key, frozenset())
         held = _heaviest({t: load for t, load in loads.items() if t in members})
         if source.tenant_id is not None and source.tenant_id in loads:
