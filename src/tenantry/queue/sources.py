@@ -46,16 +46,12 @@ class JobSource:
         options = self.backend.write_options
         return engine.execution_options(**options) if options else engine
 
-    def claim_engine(self) -> AsyncEngine:
-        """For claim transactions: the store's claim engine, or a tenant database's queue engine."""
-        if self.tenant_id is not None:
-            return self.async_engine()
-        engine = self.store.claim_async_engine()
-        options = self.backend.write_options
-        return engine.execution_options(**options) if options else engine
+    def claim_engine(self) -> Engine:
+        """For claim transactions, run on the worker's claim thread.
 
-    def claim_sync_engine(self) -> Engine:
-        """For claims run on the worker's claim thread (see ``Store.claim_engine``)."""
+        The store's claim engine (``Store.claim_engine``), or a tenant
+        database's admin engine.
+        """
         if self.tenant_id is not None:
             return self.engine()
         engine = self.store.claim_engine()

@@ -549,7 +549,7 @@ class Worker:
         # store's bounded LRU each time, so the connection count stays bounded.
         engine = self._claim_engines.get(source.key)
         if engine is None:
-            engine = source.claim_sync_engine()
+            engine = source.claim_engine()
             if source.tenant_id is None:
                 self._claim_engines[source.key] = engine
         backend = source.backend
