@@ -31,7 +31,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import copy_context
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -259,6 +259,7 @@ class Worker:
         # Claims run on one thread of their own (see Store.claim_engine): a
         # claim's round trips then do not each wait for a turn of a busy loop.
         self._claimer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tenantry-claim")
+        self._claim_future: Future[tuple[set[int], list[Job]]] | None = None
         self._claiming = False  # a claim transaction is under way
         # Adaptive polling of databases without LISTEN: key -> (next poll, interval).
         self._idle: dict[str, tuple[float, float]] = {}
@@ -346,7 +347,25 @@ class Worker:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._claimer.shutdown(wait=False, cancel_futures=True)
             log.info("worker %s stopped: %s", self.worker_id, self.stats)
+            await self._settle_claim()  # last: a second cancel may end the wait
         return self.stats
+
+    async def _settle_claim(self) -> None:
+        """Wait for a claim the claim thread is still running (the run was cancelled mid-claim).
+
+        Its connection must go back to the pool before the caller disposes the
+        engines: returned to a disposed pool it would never be closed. Its
+        jobs, claimed for nobody, are rescued when their leases expire, as
+        after a crash.
+        """
+        pending = self._claim_future
+        if pending is None or pending.done():
+            return
+        try:
+            await asyncio.wait({asyncio.wrap_future(pending)}, timeout=self.lease_seconds)
+        except asyncio.CancelledError:  # cancelled again: stop waiting, as asked
+            log.warning("worker %s stopped before its last claim returned", self.worker_id)
+            raise
 
     async def _keep_running(self, loop: Callable[[], Awaitable[None]]) -> None:
         """Restart a background loop after an unexpected error instead of losing it."""
@@ -583,7 +602,8 @@ class Worker:
                 return work(conn)
 
         try:
-            done, jobs = await self._loop.run_in_executor(self._claimer, transaction)
+            self._claim_future = self._claimer.submit(transaction)
+            done, jobs = await asyncio.wrap_future(self._claim_future)
         except BaseException:
             if acks:
                 self._to_complete.setdefault(source.key, [])[:0] = acks

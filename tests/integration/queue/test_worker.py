@@ -251,3 +251,44 @@ async def test_worker_serves_only_its_queues_and_tenants(
     assert set(rec.calls) == {("acme", wanted.id), ("acme", redirected.id)}
     assert env.state("acme", other_queue.id) is JobState.AVAILABLE
     assert env.state("globex", other_tenant.id) is JobState.AVAILABLE
+
+
+async def test_cancelled_mid_claim_hands_the_claim_connection_back(
+    make_env: EnvFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run cancelled while its claim thread is in a claim waits for that claim.
+
+    Otherwise the connection would go back to a pool the caller disposes next,
+    never to be closed. The slow claim is a stand-in for a slow database.
+    """
+    import threading
+
+    from tenantry.queue.backends.postgres import PostgresBackend
+
+    registry = JobRegistry()
+
+    @registry.handler("noop")
+    async def noop(ctx: JobContext, payload: Item) -> None:
+        return None
+
+    env = make_env("postgresql", "shared", registry, ("acme",))
+    env.enqueue_many("acme", "noop", [{"n": i} for i in range(5)])
+    entered = threading.Event()
+    original = PostgresBackend.claim
+
+    def slow_claim(self: PostgresBackend, *args: object, **kwargs: object) -> object:
+        entered.set()
+        time.sleep(0.5)
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PostgresBackend, "claim", slow_claim)
+    worker = env.worker(concurrency=2)
+    task = asyncio.create_task(worker.run())
+    assert await asyncio.to_thread(entered.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert worker._claim_future is not None
+    assert worker._claim_future.done()  # the claim finished before run() returned
+    pool = env.source("acme").claim_engine().pool
+    assert pool.checkedout() == 0  # type: ignore[attr-defined]
