@@ -114,7 +114,7 @@ class TenantrySystem:
         tenants = tenant_ids(args.tenants)
         per = -(-n // len(tenants))
         payloads = [Noop(i) for i in range(n)]
-        queue.count_jobs()  # connect (and load the catalog) before the clock starts
+        queue.warm(tenants)  # connect and load the catalog before the clock starts
 
         async def timed() -> None:
             try:
@@ -142,7 +142,7 @@ class TenantrySystem:
         t = _build(dsn)
         queue = Queue(t, registry)
         tenants = tenant_ids(args.tenants)
-        queue.count_jobs()
+        queue.warm(tenants)
 
         async def enqueue(i: int, sent: float) -> None:
             with tenant_context(tenants[i % len(tenants)]):

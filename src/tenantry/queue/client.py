@@ -10,7 +10,7 @@ and only reports it once committed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -57,6 +57,28 @@ class EnqueuedJob:
     queue: str
     state: JobState
     created: bool  # False when an unfinished job with the same idempotency key was returned
+
+    @classmethod
+    def _created(
+        cls, ids: Sequence[int], tenant_id: str, kind: str, queue: str, state: JobState
+    ) -> list[EnqueuedJob]:
+        """One new job per id, all alike but for it: a large ``enqueue_many``'s answer.
+
+        Filled in place of the frozen ``__init__``, whose six guarded
+        ``object.__setattr__`` calls cost 60 ms of a 20,000-job enqueue (a
+        fifth of the COPY), three times this. The instances are the same.
+        """
+        shared = {"tenant_id": tenant_id, "kind": kind, "queue": queue, "state": state}
+        shared["created"] = True
+        new = object.__new__
+        jobs = []
+        for job_id in ids:
+            job = new(cls)
+            fields = job.__dict__
+            fields["id"] = job_id
+            fields.update(shared)
+            jobs.append(job)
+        return jobs
 
 
 _STATES = {s.value: s for s in JobState}  # JobState(value) costs microseconds per row
@@ -173,9 +195,9 @@ class Queue:
             if len(ids) != len(rows):
                 raise RuntimeError(f"{len(rows)} jobs written but {len(ids)} ids returned")
             common = rows.common
-            tenant_id, kind, queue = common["tenant_id"], common["kind"], common["queue"]
-            state = _STATES[common["state"]]
-            return [EnqueuedJob(i, tenant_id, kind, queue, state, True) for i in ids]
+            return EnqueuedJob._created(
+                ids, common["tenant_id"], common["kind"], common["queue"], _STATES[common["state"]]
+            )
         # A deduplicated enqueue reports the existing job as it is, not the request.
         states = _STATES
         return [
@@ -300,6 +322,34 @@ class Queue:
             source = self._source_of(tenant)
             inserted = await source.backend.awrite_standalone(source.async_engine(), rows)
         return self._enqueued(rows, inserted)
+
+    def warm(self, tenant_ids: Iterable[str]) -> None:
+        """Cache these tenants and open a connection in each of their enqueue pools.
+
+        For a service's start-up: otherwise the first enqueue for a tenant
+        pays a catalog query and a new database connection (tens of
+        milliseconds), which a user sees as one slow request. Unknown tenants
+        raise ``TenantNotFoundError``, as ``enqueue`` would.
+        """
+        with _reported_unavailable():
+            for source in self._warm_sources(tenant_ids):
+                with source.enqueue_engine().connect():
+                    pass
+
+    async def awarm(self, tenant_ids: Iterable[str]) -> None:
+        """``warm`` for ``aenqueue``: the async enqueue pools."""
+        with _reported_unavailable():
+            sources = await asyncio.to_thread(self._warm_sources, tenant_ids)
+            for source in sources:
+                async with source.async_engine().connect():
+                    pass
+
+    def _warm_sources(self, tenant_ids: Iterable[str]) -> list[JobSource]:
+        """One source per jobs table of these tenants, with the catalog warmed."""
+        ids = [validate_tenant_id(t) for t in tenant_ids]
+        self.tenantry.catalog.warm(ids)
+        sources = (self._source_of(self.tenantry.catalog.get(t)) for t in ids)
+        return list({s.key: s for s in sources}.values())
 
     def _source_of(self, tenant: Tenant) -> JobSource:
         """Where a standalone enqueue writes: the tenant's jobs table, as the queue's login.

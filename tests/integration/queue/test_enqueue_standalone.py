@@ -14,12 +14,15 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.pool import Pool
 
 from tenantry import (
+    InvalidTenantId,
     PayloadValidationError,
     QueueUnavailableError,
+    TenantNotFoundError,
     TenantSuspendedError,
     UnknownJobKind,
     tenant_context,
@@ -274,3 +277,64 @@ async def test_async_a_refused_connection_is_unavailable(
         assert isinstance(caught.value.__cause__, OperationalError)
         await env.queue.aenqueue("record", {"n": 3})
     assert env.total("acme") == 2
+
+
+class _Counter:
+    """Counts pool connects and catalog statements from the moment it is attached."""
+
+    def __init__(self, pools: list[Pool], catalog: Engine) -> None:
+        self.connects = 0
+        self.catalog_queries = 0
+        for pool in pools:
+            event.listen(pool, "connect", self._connected)
+        event.listen(catalog, "before_cursor_execute", self._queried)
+
+    def _connected(self, *args: Any) -> None:
+        self.connects += 1
+
+    def _queried(self, *args: Any) -> None:
+        self.catalog_queries += 1
+
+
+@PG_MODES
+def test_warm_makes_the_first_enqueue_connect_and_look_up_nothing(
+    make_tenantry: TenantryFactory, mode: str
+) -> None:
+    env = build_env(make_tenantry, "postgresql", mode, noop_registry())
+    pools = [env.source(t).enqueue_engine().pool for t in env.tenants]
+    env.t.catalog.invalidate()
+    env.queue.warm(env.tenants)
+    assert all(pool.checkedin() >= 1 for pool in pools)  # type: ignore[attr-defined]
+    counter = _Counter(pools, env.t.catalog.engine)
+    for n, tenant_id in enumerate(env.tenants):
+        env.enqueue(tenant_id, "record", {"n": n})
+        env.enqueue_many(tenant_id, "record", [{"n": i} for i in range(300)])  # COPY path
+    assert (counter.connects, counter.catalog_queries) == (0, 0)
+    assert [env.total(t) for t in env.tenants] == [301, 301]
+
+
+@PG_MODES
+async def test_awarm_makes_the_first_aenqueue_connect_and_look_up_nothing(
+    make_env: EnvFactory, mode: str
+) -> None:
+    env = make_env("postgresql", mode, noop_registry())
+    pools = [env.source(t).async_engine().sync_engine.pool for t in env.tenants]
+    env.t.catalog.invalidate()
+    await env.queue.awarm(env.tenants)
+    assert all(pool.checkedin() >= 1 for pool in pools)  # type: ignore[attr-defined]
+    counter = _Counter(pools, env.t.catalog.engine)
+    for n, tenant_id in enumerate(env.tenants):
+        async with tenant_context(tenant_id):
+            await env.queue.aenqueue("record", {"n": n})
+    assert (counter.connects, counter.catalog_queries) == (0, 0)
+    assert [env.total(t) for t in env.tenants] == [1, 1]
+
+
+def test_warm_refuses_unknown_and_invalid_tenants(make_tenantry: TenantryFactory) -> None:
+    env = build_env(make_tenantry, "postgresql", "shared", noop_registry())
+    with pytest.raises(TenantNotFoundError):
+        env.queue.warm(["acme", "nobody"])
+    with pytest.raises(InvalidTenantId):
+        env.queue.warm(["acme'; DROP TABLE tenantry.tenants; --"])
+    env.queue.warm([])
+    assert env.enqueue("acme", "record", {"n": 1}).created
