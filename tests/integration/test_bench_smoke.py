@@ -44,6 +44,9 @@ def test_bench_smoke_runs_and_verifies(pg_server: str, tmp_path: Path) -> None:
     assert result["smoke"] is True
     for key in ("cpu_count", "postgresql", "python", "date"):
         assert result["machine"][key], key
+    jitter = result["machine"]["cpu_jitter_ms"]
+    assert 0 < jitter["p50"] <= jitter["p99"] <= jitter["max"]
+    assert any(n.startswith("machine jitter:") for n in result["notes"])
     rows = result["rows"]
     assert set(rows) == set(EXPECTED)
     for key, figures in EXPECTED.items():

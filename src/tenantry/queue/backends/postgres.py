@@ -243,8 +243,7 @@ FOR UPDATE OF c SKIP LOCKED
 # the unnest per row (quadratic). ``IS TRUE`` keeps the state test from
 # matching that partial index.
 _FENCE = (
-    "j.id = ANY(%(ids)s::bigint[]) AND j.lease_token = %(token)s"
-    " AND (j.state = 'running') IS TRUE"
+    "j.id = ANY(%(ids)s::bigint[]) AND j.lease_token = %(token)s AND (j.state = 'running') IS TRUE"
 )
 _COMPLETE = f"""
 UPDATE {_TABLE} AS j
