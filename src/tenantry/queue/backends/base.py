@@ -97,12 +97,19 @@ class NewJobs(Sequence[dict[str, Any]]):
     def queue(self) -> str:
         return str(self.common["queue"])
 
-    def payload_texts(self) -> list[bytes]:
-        """Each payload as JSON text (ASCII), see ``Handler.json_text``."""
-        if self._texts is None:
-            json_text = self._handler.json_text
-            self._texts = [json_text(v) for v in self._values]
-        return self._texts
+    def payload_texts(self, start: int = 0, stop: int | None = None) -> list[bytes]:
+        """Payloads ``start:stop`` as JSON text (ASCII), see ``Handler.json_text``.
+
+        A slice is made on demand, so a COPY can serialize each chunk while
+        the server is still writing the one before; all of them are kept.
+        """
+        if self._texts is not None:
+            return self._texts[start:stop]
+        json_text = self._handler.json_text
+        texts = [json_text(v) for v in self._values[start:stop]]
+        if start == 0 and stop is None:
+            self._texts = texts
+        return texts
 
     def rows(self) -> list[dict[str, Any]]:
         """The row dicts, ``payload`` in its JSON-ready form (``Handler.dump``)."""
