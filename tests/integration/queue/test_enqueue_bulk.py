@@ -16,7 +16,7 @@ from sqlalchemy.exc import DataError, StatementError
 
 from tenantry import JobContext, JobRegistry, Queue, tenant_context
 from tenantry.queue import JobState
-from tenantry.queue.backends.postgres import COPY_MIN_ROWS
+from tenantry.queue.backends.postgres import _COPY_CHUNK, COPY_MIN_ROWS
 from tests.conftest import TenantryFactory
 
 # Strings COPY's text format reads specially (backslash, tab, newline, CR, \N,
@@ -191,3 +191,17 @@ def test_unserializable_payloads_are_refused_before_anything_is_written(
     with tenant_context("acme"), pytest.raises((StatementError, ValueError, TypeError)):
         queue.enqueue_many("doc", [{"i": 1}] * (COPY_MIN_ROWS - 1) + [{"o": Opaque()}])
     assert sum(queue.count_jobs(tenant_id="acme").values()) == 0
+
+
+def test_a_copy_of_several_chunks_keeps_every_payload_with_its_id(
+    queue: Queue, backend: str
+) -> None:
+    """The COPY is sent in chunks, each chunk's payload text made as it is sent."""
+    n = 2 * _COPY_CHUNK + 7
+    docs = [{"i": i, "s": NASTY[i % len(NASTY)]} for i in range(n)]
+    with tenant_context("acme"):
+        jobs = queue.enqueue_many("doc", docs)
+    assert len(jobs) == n
+    assert [j.id for j in jobs] == sorted({j.id for j in jobs})
+    by_id = {j.id: j.payload for j in queue.list_jobs(tenant_id="acme", limit=n + 1)}
+    assert [by_id[j.id] for j in jobs] == docs
