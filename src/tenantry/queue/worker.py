@@ -659,6 +659,11 @@ class Worker:
                 self._active[job.tenant_id] = left
             else:
                 self._active.pop(job.tenant_id, None)
+            # The freed slot takes the next buffered job now, not when the
+            # claim loop next looks: that may be a whole claim later, and
+            # while a claim was under way only the jobs started before it ran
+            # (10 slots and 35 ms claims held a worker to 285 jobs/s).
+            self._start_buffered()
             self._wake.set()
 
     async def _tenant_ready(self, held: _Held) -> bool:

@@ -292,3 +292,51 @@ async def test_cancelled_mid_claim_hands_the_claim_connection_back(
     assert worker._claim_future.done()  # the claim finished before run() returned
     pool = env.source("acme").claim_engine().pool
     assert pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_freed_slots_start_buffered_jobs_while_a_claim_is_under_way(
+    make_env: EnvFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Buffered jobs start as slots free up, not when the claim loop next looks.
+
+    With 2 slots and 20 jobs held, the held jobs must all run while the next
+    (slow) claim is under way. Before, only the 2 jobs started before it ran:
+    a worker whose claims took 35 ms (10,000 tenants) did 10 jobs per claim.
+    The slow claim is a stand-in for a slow database.
+    """
+    import threading
+
+    from tenantry.queue.backends.postgres import PostgresBackend
+
+    registry = JobRegistry()
+    started: list[float] = []
+
+    @registry.handler("noop")
+    async def noop(ctx: JobContext, payload: Item) -> None:
+        started.append(time.monotonic())
+
+    env = make_env("postgresql", "shared", registry, ("acme",))
+    env.enqueue_many("acme", "noop", [{"n": i} for i in range(60)])
+    original = PostgresBackend.claim
+    claims: list[tuple[float, float]] = []  # (entered, returned) of each claim
+    lock = threading.Lock()
+
+    def slow_claim(self: PostgresBackend, *args: object, **kwargs: object) -> object:
+        entered = time.monotonic()
+        jobs = original(self, *args, **kwargs)  # type: ignore[arg-type]
+        if len(claims) >= 1:
+            time.sleep(0.6)  # every claim after the first is slow
+        with lock:
+            claims.append((entered, time.monotonic()))
+        return jobs
+
+    monkeypatch.setattr(PostgresBackend, "claim", slow_claim)
+    worker = env.worker(concurrency=2, prefetch=20, fair=False, listen=False)
+    async with running(worker):
+        await wait_until(lambda: len(claims) >= 3, what="three claims")
+    first_back, (second_in, second_back) = claims[0][1], claims[1]
+    assert second_in >= first_back
+    # Everything the first claim brought (2 running + 20 buffered) started
+    # before the slow second claim returned.
+    during = [t for t in started if first_back <= t < second_back]
+    assert len(during) >= 22, (len(during), len(started))
