@@ -12,6 +12,8 @@ Method (the same for every system; docs/performance.md explains it):
 * latency is enqueue-to-handler-start, from the probe's send time (taken just
   before the enqueue call) to its handler's first line, both ``time.time()``
   on the same machine;
+* before each timed step (enqueue, processing) the server is checkpointed,
+  so no system's figure pays for writing out the previous step's dirty pages;
 * afterwards the database must show every job finished, no job left over, and
   every handler must have started exactly once: otherwise the run is FAILED.
 """
@@ -302,12 +304,14 @@ class Runner:
         with self.server.database(template=template) as db:
             if template is None:
                 self.call(spec, "setup", db)
+            self.server.settle()
             r = self.call(spec, "bulk", db, "--jobs", str(jobs), *enqueue_args)
             out.figures["bulk"] = jobs / r["seconds"]
             out.check("enqueued jobs", self.server.scalar(db, spec.system.unfinished_sql), jobs)
             # Planner statistics as autovacuum keeps them on a long-lived table (a
             # freshly filled table has none); the same for every system.
             self.server.execute(db, "ANALYZE")
+            self.server.settle()
             procs = [self._start_worker(spec, db) for _ in range(workers)]
             try:
                 end = self._drain(spec, db, procs, jobs, timeout)
@@ -338,6 +342,7 @@ class Runner:
         with self.server.database(template=template) as db:
             if template is None:
                 self.call(spec, "setup", db)
+            self.server.settle()
             if single:
                 r = self.call(spec, "single", db, "--jobs", str(single), *enqueue_args)
                 out.figures["single"] = single / r["seconds"]
