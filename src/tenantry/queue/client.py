@@ -328,8 +328,9 @@ class Queue:
 
         For a service's start-up: otherwise the first enqueue for a tenant
         pays a catalog query and a new database connection (tens of
-        milliseconds), which a user sees as one slow request. Unknown tenants
-        raise ``TenantNotFoundError``, as ``enqueue`` would.
+        milliseconds), which a user sees as one slow request. A tenant that
+        ``enqueue`` would refuse (unknown, suspended, moving) raises the same
+        error here.
         """
         with _reported_unavailable():
             for source in self._warm_sources(tenant_ids):

@@ -292,13 +292,13 @@ def _copy_data(ids: list[int], rows: Sequence[Mapping[str, Any]], encoding: str)
     character inside strings, so a backslash is the only character of it
     that ``COPY`` reads specially and the only one escaped.
     """
+    if isinstance(rows, NewJobs):
+        common = rows.common
+        shared = "\t" + "\t".join(_copy_field(common[c]) for c in _COPY_SHARED) + "\n"
+        tail = shared.encode(encoding)
     for start in range(0, len(ids), _COPY_CHUNK):
         chunk = ids[start : start + _COPY_CHUNK]
         if isinstance(rows, NewJobs):
-            common = rows.common
-            tail = ("\t" + "\t".join(_copy_field(common[c]) for c in _COPY_SHARED) + "\n").encode(
-                encoding
-            )
             texts = rows.payload_texts(start, start + _COPY_CHUNK)
             yield b"".join(
                 [
