@@ -480,3 +480,38 @@ def test_decaying_counts_stay_exact_across_a_rebase() -> None:
     expected = sum(2.0 ** -(5000 - t) for t in range(0, 5000, 3))
     assert values["b"] == pytest.approx(expected)
     assert math.isfinite(values["b"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    starts=st.lists(
+        st.tuples(st.sampled_from("abcdefgh"), st.floats(min_value=0.0, max_value=30.0)),
+        max_size=60,
+    ),
+    held=st.lists(st.sampled_from("abcdefghij"), max_size=12),
+    at=st.floats(min_value=30.0, max_value=60.0),
+)
+def test_heavy_loads_give_the_worker_the_same_claim_loads_as_all_loads(
+    starts: list[tuple[str, float]], held: list[str], at: float
+) -> None:
+    """A one-store claim reads ``_heavy_loads``, not ``_loads``: ``_heaviest`` must agree."""
+    from types import SimpleNamespace
+
+    from tenantry.queue.fairness import DecayingCounts
+    from tenantry.queue.worker import Worker, _heaviest
+
+    recent = DecayingCounts(half_life=2.0, now=0.0)
+    for key, when in sorted(starts, key=lambda s: s[1]):
+        recent.add(key, when)
+    fake = SimpleNamespace(
+        _recent=recent,
+        _held={i: SimpleNamespace(job=SimpleNamespace(tenant_id=t)) for i, t in enumerate(held)},
+    )
+    every = Worker._loads(fake, at)  # type: ignore[arg-type]
+    heavy = Worker._heavy_loads(fake, at)  # type: ignore[arg-type]
+    assert _heaviest(heavy) == pytest.approx(_heaviest(every))
+    assert recent.heavy(at, 0.5) == pytest.approx(
+        {k: v for k, v in recent.values(at).items() if v >= 0.5}
+    )
+    for key in "abcdefghij":
+        assert recent.value(key, at) == pytest.approx(recent.values(at).get(key, 0.0))

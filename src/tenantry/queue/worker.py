@@ -452,11 +452,15 @@ class Worker:
         ]
         if not due:
             return 0
-        loads = self._loads(now)
         if len(due) == 1:  # nothing to weigh
-            got = await self._claim_into(due[0], want, loads)
+            only = due[0]
+            # A store database's claim reads only the heaviest loads (``_heaviest``):
+            # gathered directly, not from every tenant seen in the last minute.
+            loads = self._heavy_loads(now) if only.tenant_id is None else self._loads(now)
+            got = await self._claim_into(only, want, loads)
             self.stats.claimed += got
             return got
+        loads = self._loads(now)
         base = datetime(2000, 1, 1, tzinfo=UTC)
         contenders = []
         for order, source in enumerate(due):
@@ -518,6 +522,20 @@ class Worker:
         loads = self._recent.values(now)
         for item in self._held.values():
             loads[item.job.tenant_id] = loads.get(item.job.tenant_id, 0.0) + 1.0
+        return loads
+
+    def _heavy_loads(self, now: float) -> dict[str, float]:
+        """``_loads`` of the tenants whose load is at least ``HEAVY_LOAD``.
+
+        ``_heaviest`` of this equals ``_heaviest`` of every load: a tenant
+        left out has fewer recent starts than that and holds no job here.
+        """
+        loads = self._recent.heavy(now, HEAVY_LOAD)
+        for item in self._held.values():
+            tenant_id = item.job.tenant_id
+            if tenant_id not in loads:
+                loads[tenant_id] = self._recent.value(tenant_id, now)
+            loads[tenant_id] += 1.0
         return loads
 
     def _started_recently(self, tenant_id: str) -> None:
@@ -1210,13 +1228,15 @@ class Worker:
 
 #: At most this many tenants' loads go into a claim statement.
 MAX_HELD_IN_CLAIM = 512
+#: Below this (half a job) a tenant's load orders like an idle tenant's.
+HEAVY_LOAD = 0.5
 
 
 def _heaviest(loads: dict[str, float]) -> dict[str, float]:
     """The loads worth sending: a tenant whose decayed load is below half a job
     orders like an idle one, and with ten thousand tenants started recently
     the whole map would be arrays of ten thousand values in every claim."""
-    kept = {t: v for t, v in loads.items() if v >= 0.5}
+    kept = {t: v for t, v in loads.items() if v >= HEAVY_LOAD}
     if len(kept) > MAX_HELD_IN_CLAIM:
         kept = dict(heapq.nlargest(MAX_HELD_IN_CLAIM, kept.items(), key=lambda kv: kv[1]))
     return kept
