@@ -192,10 +192,8 @@ class DecayingCounts:
         return value if value >= self.FLOOR else 0.0
 
     def values(self, now: float) -> dict[str, float]:
-        """Every key's decayed count at *now* (those at or above ``FLOOR``)."""
-        factor = 2.0 ** -self._exponent(now)
-        cut = self.FLOOR / factor
-        out = {k: v * factor for k, v in self._scaled.items() if v >= cut}
+        """Every key's decayed count at *now* (those at or above ``FLOOR``); drops the rest."""
+        out = self.heavy(now, self.FLOOR)
         if len(out) < len(self._scaled):
-            self._scaled = {k: v for k, v in self._scaled.items() if v >= cut}
+            self._scaled = {k: v for k, v in self._scaled.items() if k in out}
         return out
