@@ -13,8 +13,10 @@ Secrets in URLs are expanded here, at engine creation, and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +27,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
+from sqlalchemy.util import greenlet_spawn
 
 from tenantry.config import StoreConfig
 from tenantry.errors import ConfigError, UnsupportedIsolation
@@ -143,19 +146,58 @@ class _LRU(Generic[E]):
         return len(self._items)
 
 
+def _close_on_return(dbapi_connection: Any, record: Any) -> None:
+    record.close()
+
+
+def retire(engine: Engine) -> None:
+    """``Engine.dispose``, and a connection checked out at the time is closed when returned.
+
+    ``dispose`` closes only the connections in the pool. One checked out then
+    (a worker's thread in the middle of a query, a tenant database dropped
+    under a running worker) goes back to the old pool, which nothing reads
+    again: it would stay open until the garbage collector found it. The new
+    pool is made first, so the old one gets the closing listener alone.
+    """
+    old = engine.pool
+    engine.pool = old.recreate()
+    event.listen(old, "checkin", _close_on_return)
+    old.dispose()
+
+
+async def aretire(engine: AsyncEngine) -> None:
+    """``retire`` for an async engine (closing its connections awaits the driver)."""
+    await greenlet_spawn(retire, engine.sync_engine)
+
+
 def _dispose_async(engine: AsyncEngine) -> None:
-    """Dispose an async engine from sync code: on the running loop if there is one."""
+    """Retire an async engine from sync code, on the loop its connections belong to.
+
+    From that loop's thread the retirement is a task on it. From another
+    thread (``delete_tenant`` run by ``asyncio.to_thread`` while a worker uses
+    the tenant's database) it is sent to that loop, if it still runs. Without
+    a loop the connections cannot be closed (closing awaits the driver), so
+    the pool is only let go.
+    """
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        engine.sync_engine.dispose(close=False)
+        home = _ENGINE_LOOPS.get(engine.sync_engine)
+        if home is not None and home.is_running():
+            asyncio.run_coroutine_threadsafe(aretire(engine), home)
+        else:
+            engine.sync_engine.dispose(close=False)
         return
-    task = loop.create_task(engine.dispose())
+    task = loop.create_task(aretire(engine))
     _PENDING_DISPOSALS.add(task)
     task.add_done_callback(_PENDING_DISPOSALS.discard)
 
 
 _PENDING_DISPOSALS: set[asyncio.Task[None]] = set()
+#: The loop each async engine was made on (its connections are that loop's).
+_ENGINE_LOOPS: weakref.WeakKeyDictionary[Engine, asyncio.AbstractEventLoop] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class Store:
@@ -176,7 +218,7 @@ class Store:
         self._enqueue_engine: Engine | None = None
         self._claim_engine: Engine | None = None
         self._async_engines: dict[str, AsyncEngine] = {}  # "app" and "q" (worker)
-        self._tenant_engines: _LRU[Engine] = _LRU(config.max_tenant_engines, Engine.dispose)
+        self._tenant_engines: _LRU[Engine] = _LRU(config.max_tenant_engines, retire)
         self._tenant_async_engines: _LRU[AsyncEngine] = _LRU(
             config.max_tenant_engines, _dispose_async
         )
@@ -252,7 +294,10 @@ class Store:
             _sqlite_connect_hooks(engine.sync_engine)
         else:
             engine = create_async_engine(url, **self._pool_options(small, ping), **kw)
-        return engine.execution_options(schema_translate_map=self.translate_map)
+        made = engine.execution_options(schema_translate_map=self.translate_map)
+        with contextlib.suppress(RuntimeError):  # made outside a loop: no home loop
+            _ENGINE_LOOPS[made.sync_engine] = asyncio.get_running_loop()
+        return made
 
     # -- the store database -------------------------------------------------
     def engine(self) -> Engine:
@@ -433,7 +478,7 @@ class Store:
         for kind in ("0", "1", "q", "e"):
             engine = self._tenant_engines.pop(f"{tenant_id}:{kind}")
             if engine is not None:
-                engine.dispose()
+                retire(engine)
             async_engine = self._tenant_async_engines.pop(f"{tenant_id}:{kind}")
             if async_engine is not None:
                 _dispose_async(async_engine)
@@ -442,10 +487,10 @@ class Store:
     def dispose(self) -> None:
         for engine in (self._engine, self._admin_engine, self._enqueue_engine, self._claim_engine):
             if engine is not None:
-                engine.dispose()
+                retire(engine)
         self._engine = self._admin_engine = self._enqueue_engine = self._claim_engine = None
         for e in self._tenant_engines.clear():
-            e.dispose()
+            retire(e)
         for ae in self._tenant_async_engines.clear():
             _dispose_async(ae)
         for ae in self._async_engines.values():
@@ -457,7 +502,7 @@ class Store:
         async_engines = self._tenant_async_engines.clear() + list(self._async_engines.values())
         self._async_engines.clear()
         for ae in async_engines:
-            await ae.dispose()
+            await aretire(ae)
         self.dispose()
 
     def __repr__(self) -> str:

@@ -260,6 +260,10 @@ class Worker:
         # claim's round trips then do not each wait for a turn of a busy loop.
         self._claimer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tenantry-claim")
         self._claim_future: Future[tuple[set[int], list[Job]]] | None = None
+        # Catalog reads and control-row writes (_offload): their threads are
+        # tracked so that run() returns only once none holds a connection.
+        self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tenantry-io")
+        self._offloaded: set[Future[Any]] = set()
         self._claiming = False  # a claim transaction is under way
         # Adaptive polling of databases without LISTEN: key -> (next poll, interval).
         self._idle: dict[str, tuple[float, float]] = {}
@@ -346,26 +350,35 @@ class Worker:
                     loop.remove_signal_handler(sig)
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._claimer.shutdown(wait=False, cancel_futures=True)
+            self._io.shutdown(wait=False, cancel_futures=True)
             log.info("worker %s stopped: %s", self.worker_id, self.stats)
-            await self._settle_claim()  # last: a second cancel may end the wait
+            await self._settle_threads()  # last: a second cancel may end the wait
         return self.stats
 
-    async def _settle_claim(self) -> None:
-        """Wait for a claim the claim thread is still running (the run was cancelled mid-claim).
+    async def _settle_threads(self) -> None:
+        """Wait for database calls still running on threads (the run was cancelled mid-call).
 
-        Its connection must go back to the pool before the caller disposes the
-        engines: returned to a disposed pool it would never be closed. Its
-        jobs, claimed for nobody, are rescued when their leases expire, as
-        after a crash.
+        A cancelled ``await`` does not stop the thread under it. Its connection
+        must go back to the pool before the caller disposes the engines:
+        returned to a disposed pool it would never be closed. Jobs a claim
+        took for nobody are rescued when their leases expire, as after a crash.
         """
-        pending = self._claim_future
-        if pending is None or pending.done():
+        pending = [f for f in (self._claim_future, *list(self._offloaded)) if f is not None]
+        waiting = {asyncio.wrap_future(f) for f in pending if not f.done()}
+        if not waiting:
             return
         try:
-            await asyncio.wait({asyncio.wrap_future(pending)}, timeout=self.lease_seconds)
+            await asyncio.wait(waiting, timeout=self.lease_seconds)
         except asyncio.CancelledError:  # cancelled again: stop waiting, as asked
-            log.warning("worker %s stopped before its last claim returned", self.worker_id)
+            log.warning("worker %s stopped before its database calls returned", self.worker_id)
             raise
+
+    async def _offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """``asyncio.to_thread`` for the worker's own blocking calls, tracked (_settle_threads)."""
+        future = self._io.submit(copy_context().run, fn, *args)
+        self._offloaded.add(future)
+        future.add_done_callback(self._offloaded.discard)
+        return await asyncio.wrap_future(future)
 
     async def _keep_running(self, loop: Callable[[], Awaitable[None]]) -> None:
         """Restart a background loop after an unexpected error instead of losing it."""
@@ -571,7 +584,7 @@ class Worker:
             # One catalog query for the batch's tenants the cache lacks, not
             # one per job when it starts (_tenant_ready).
             try:
-                await asyncio.to_thread(catalog.warm, missing)
+                await self._offload(catalog.warm, missing)
             except DB_ERRORS as exc:
                 log.debug("catalog warm-up failed (%s); jobs look their tenants up", _short(exc))
         for job in jobs:
@@ -694,7 +707,7 @@ class Worker:
         tenant = self.tenantry.catalog.get_cached(job.tenant_id)
         if tenant is None:
             try:
-                tenant = await asyncio.to_thread(self.tenantry.catalog.get, job.tenant_id)
+                tenant = await self._offload(self.tenantry.catalog.get, job.tenant_id)
             except TenantNotFoundError as exc:
                 gone = TenantNotFoundError(f"tenant {job.tenant_id!r} no longer exists: {exc}")
                 await self._record_failure(held, gone, self.registry.default_retry, dead=True)
@@ -1071,8 +1084,10 @@ class Worker:
     # -- sources and wake-ups ---------------------------------------------------------
     async def _refresh_sources(self) -> None:
         """Pick up tenants and databases added or removed, and repair control rows."""
-        grouped = await asyncio.to_thread(
-            self.queue.tenants_by_source, stores=self.store_filter, tenants=self.tenant_filter
+        grouped = await self._offload(
+            functools.partial(
+                self.queue.tenants_by_source, stores=self.store_filter, tenants=self.tenant_filter
+            )
         )
         known = {s.key for s in self._sources}
         sources = [grouped[k][0] for k in sorted(grouped)]
@@ -1101,7 +1116,7 @@ class Worker:
         self._source_tenants = {key: sorted(t.id for t in m) for key, (_, m) in grouped.items()}
         self._source_members = {k: frozenset(v) for k, v in self._source_tenants.items()}
         self._weights = {t.id: _weight(t) for _, m in grouped.values() for t in m}
-        await asyncio.to_thread(self._sync_controls, grouped)
+        await self._offload(self._sync_controls, grouped)
 
     def _sync_controls(self, grouped: dict[str, tuple[JobSource, list[Tenant]]]) -> None:
         """Write control rows for tenants changed since this worker last synced them.

@@ -22,6 +22,9 @@ from tenantry.queue.job import utcnow
 
 log = get_logger(__name__)
 
+#: How long a cancelled refresh waits for its query before giving up on it.
+SETTLE_TIMEOUT = 30.0
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -71,7 +74,7 @@ class Monitor:
     async def refresh(self) -> QueueStats:
         async with self._lock:
             try:
-                stats, sample = await asyncio.to_thread(self._take)
+                stats, sample = await self._take_settled()
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 log.warning("queue statistics could not be read: %s", self.last_error)
@@ -81,6 +84,23 @@ class Monitor:
             self.samples.append(sample)
             self.seq += 1
             return stats
+
+    async def _take_settled(self) -> tuple[QueueStats, Sample]:
+        """``_take`` on a thread that a cancelled refresh still waits for.
+
+        Cancelling the await does not stop the thread, which holds a pooled
+        connection until its query returns. The service closes the pools right
+        after it cancels the monitor; a connection returned to a closed pool
+        would never be closed.
+        """
+        work = asyncio.ensure_future(asyncio.to_thread(self._take))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            await asyncio.wait({work}, timeout=SETTLE_TIMEOUT)
+            if work.done() and not work.cancelled():
+                work.exception()  # seen: the refresh was cancelled, not failed
+            raise
 
     def _take(self) -> tuple[QueueStats, Sample]:
         previous = self.samples[-1].at if self.samples else None

@@ -95,12 +95,6 @@ def _database_gone(env: Env, name: str) -> bool:
     return not os.path.exists(name)
 
 
-#: Dropping a tenant database while the worker (in this process) has pooled
-#: connections to it leaves psycopg connections to be collected unclosed.
-DROPPED_POOL = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-
-
-@DROPPED_POOL
 @CASES
 async def test_deleting_a_tenant_cancels_its_waiting_jobs_before_they_run(
     make_env: EnvFactory, backend: str, mode: str
@@ -134,7 +128,6 @@ async def test_deleting_a_tenant_cancels_its_waiting_jobs_before_they_run(
 RECREATE_CASES = ALL_CASES
 
 
-@DROPPED_POOL
 @pytest.mark.parametrize(("backend", "mode"), RECREATE_CASES)
 async def test_a_tenant_deleted_while_a_worker_runs_can_be_created_again(
     make_env: EnvFactory, backend: str, mode: str
@@ -164,7 +157,6 @@ async def test_a_tenant_deleted_while_a_worker_runs_can_be_created_again(
 DELETE_CASES = ALL_CASES
 
 
-@DROPPED_POOL
 @pytest.mark.parametrize(("backend", "mode"), DELETE_CASES)
 async def test_deleting_a_tenant_voids_the_job_it_is_running(
     make_env: EnvFactory, backend: str, mode: str
@@ -195,7 +187,6 @@ async def test_deleting_a_tenant_voids_the_job_it_is_running(
     gc.collect()
 
 
-@DROPPED_POOL
 async def test_a_worker_stops_although_an_acknowledgement_cannot_be_written(
     make_env: EnvFactory,
 ) -> None:

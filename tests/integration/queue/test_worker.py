@@ -294,6 +294,57 @@ async def test_cancelled_mid_claim_hands_the_claim_connection_back(
     assert pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
+@pytest.mark.postgres
+async def test_cancelled_mid_refresh_hands_the_catalog_connection_back(
+    make_env: EnvFactory,
+) -> None:
+    """A run cancelled while a catalog read waits on the database waits for that read.
+
+    The periodic source refresh reads the catalog on a thread, and cancelling
+    the run does not stop that thread. A lock held on the catalog table keeps
+    the read waiting, as a slow database would; run() must not return (and let
+    the caller dispose the pools) while the read still holds its connection.
+    """
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    registry = JobRegistry()
+
+    @registry.handler("noop")
+    async def noop(ctx: JobContext, payload: Item) -> None:
+        return None
+
+    env = make_env("postgresql", "shared", registry, ("acme",))
+    url = make_url(env.t.config.stores["default"].url)
+    worker = env.worker(refresh_interval=0.1)
+    task = asyncio.create_task(worker.run())
+    await worker.wait_started()
+    locker = psycopg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, dbname=url.database
+    )
+    try:
+        locker.execute("LOCK TABLE tenantry.tenantry_tenants IN ACCESS EXCLUSIVE MODE")
+
+        def blocked() -> bool:
+            found = locker.execute(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted"
+                " AND relation = 'tenantry.tenantry_tenants'::regclass"
+            ).fetchone()
+            return bool(found and found[0])
+
+        await wait_until(blocked, timeout=10)
+        asyncio.get_running_loop().call_later(0.3, locker.rollback)  # the lock goes
+        started = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert time.monotonic() - started >= 0.25  # it waited for the read
+        assert env.t.catalog.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert not worker._offloaded
+    finally:
+        locker.close()
+
+
 async def test_freed_slots_start_buffered_jobs_while_a_claim_is_under_way(
     make_env: EnvFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
