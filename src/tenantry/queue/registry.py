@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from tenantry.errors import ConfigError, PayloadValidationError, UnknownJobKind
+from tenantry.queue.job import PAYLOAD_TEXT, Job
 from tenantry.queue.retry import RetryPolicy
 
 HandlerFn = Callable[..., Any]
@@ -52,6 +53,21 @@ class Handler:
                 f"invalid payload for {self.kind!r}: {where}: {first['msg']}"
                 f" ({exc.error_count()} error(s))"
             ) from exc
+
+    def validate_job(self, job: Job) -> Any:
+        """``validate`` of a claimed job's payload, read back as the JSON it is stored as.
+
+        In JSON mode pydantic reads back what enqueue wrote (``json_text``): a
+        strict model's datetimes and bytes are strings in JSON, which Python
+        mode refuses, so such jobs used to go dead as poison. From the text
+        (PostgreSQL claims keep it, ``PAYLOAD_TEXT``) parsing and validation
+        are also one pass, where ``json.loads`` and then validating the objects
+        walked the payload twice.
+        """
+        if self.payload_type in (str, bytes):
+            return self.validate(job.payload)
+        text = job.__dict__.get(PAYLOAD_TEXT)
+        return self.validate(json.dumps(job.payload) if text is None else text)
 
     def dump(self, payload: Any) -> Any:
         """Validate and return the JSON-ready form stored in the jobs table."""

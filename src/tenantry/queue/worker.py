@@ -737,7 +737,7 @@ class Worker:
             return
         try:
             handler = self.registry.get(job.kind)
-            payload = handler.validate(job.payload)
+            payload = handler.validate_job(job)
         except (UnknownJobKind, PayloadValidationError) as exc:
             # A poison message: retrying cannot help, so it is dead at once.
             log.error("job %s (%s) is dead at once: %s", job.id, job.kind, exc)

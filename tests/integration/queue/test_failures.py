@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import UTC, datetime
+from uuid import UUID, uuid4
 
 import pytest
+from pydantic import BaseModel, ConfigDict
 
 from tenantry.queue import JobContext, JobRegistry, JobState, RetryPolicy
 from tests.conftest import TenantryFactory
@@ -266,3 +268,38 @@ async def test_a_timeout_error_raised_by_the_handler_is_an_ordinary_failure(
     assert dead.errors[0]["message"] == "the upstream API timed out"
     assert dead.attempt == 1
     assert worker.stats.dead == 1
+
+
+class Stamped(BaseModel):
+    """A strict model: Python-mode validation refuses its fields' JSON forms."""
+
+    model_config = ConfigDict(strict=True)
+    at: datetime
+    blob: bytes
+    ref: UUID
+
+
+@CASES
+async def test_a_strict_model_payload_is_read_back_as_it_was_enqueued(
+    make_env: EnvFactory, backend: str, mode: str
+) -> None:
+    """Stored as JSON, its datetime, bytes and UUID are strings; the worker reads JSON.
+
+    Decoding to Python objects first and validating those (as the worker did)
+    refused every field, and such jobs went dead as poison.
+    """
+    seen: list[tuple[Stamped, object]] = []
+    registry = JobRegistry()
+
+    @registry.handler("stamped")
+    async def stamped(ctx: JobContext, payload: Stamped) -> None:
+        seen.append((payload, ctx.job.payload))
+
+    env = make_env(backend, mode, registry)
+    sent = Stamped(at=datetime(2026, 11, 29, 5, 30, tzinfo=UTC), blob=b"a\\b\"c", ref=uuid4())
+    job = env.enqueue("acme", "stamped", sent)
+    async with running(env.worker()):
+        await wait_until(lambda: env.state("acme", job.id) is JobState.COMPLETED, 10)
+    ((got, raw),) = seen
+    assert got == sent
+    assert raw == sent.model_dump(mode="json")  # the job's payload: the stored JSON, decoded

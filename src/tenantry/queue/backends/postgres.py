@@ -359,49 +359,57 @@ def _fenced(
 
 
 def _claimed_jobs(rows: Iterable[tuple[Any, ...]], token: str, worker_id: str) -> list[Job]:
-    """Jobs from ``_CLAIMED`` tuples (timestamps come timezone-aware from psycopg)."""
+    """Jobs from ``_CLAIMED`` tuples (timestamps come timezone-aware from psycopg).
+
+    Filled in place of the frozen ``__init__`` (one guarded ``object.__setattr__``
+    per field), with the payload left as JSON text (``PAYLOAD_TEXT``): the
+    worker's validation parses it.
+    """
     loads = json.loads
     running = JobState.RUNNING
-    return [
-        Job(
-            job_id,
-            tenant_id,
-            queue,
-            kind,
-            loads(payload),
-            priority,
-            running,
-            attempt,
-            max_attempts,
-            scheduled_at,
-            created_at,
-            attempted_at,
-            None,
-            lease_expires_at,
-            token,
-            worker_id,
-            loads(errors) if errors is not None else [],
-            idempotency_key,
-            correlation_id,
+    new = object.__new__
+    jobs: list[Job] = []
+    for (
+        job_id,
+        tenant_id,
+        queue,
+        kind,
+        payload,
+        priority,
+        attempt,
+        max_attempts,
+        scheduled_at,
+        created_at,
+        attempted_at,
+        lease_expires_at,
+        errors,
+        idempotency_key,
+        correlation_id,
+    ) in rows:
+        job = new(Job)
+        job.__dict__.update(
+            id=job_id,
+            tenant_id=tenant_id,
+            queue=queue,
+            kind=kind,
+            priority=priority,
+            state=running,
+            attempt=attempt,
+            max_attempts=max_attempts,
+            scheduled_at=scheduled_at,
+            created_at=created_at,
+            attempted_at=attempted_at,
+            finished_at=None,
+            lease_expires_at=lease_expires_at,
+            lease_token=token,
+            worker_id=worker_id,
+            errors=loads(errors) if errors is not None else [],
+            idempotency_key=idempotency_key,
+            correlation_id=correlation_id,
+            _payload_text=payload,
         )
-        for (
-            job_id,
-            tenant_id,
-            queue,
-            kind,
-            payload,
-            priority,
-            attempt,
-            max_attempts,
-            scheduled_at,
-            created_at,
-            attempted_at,
-            lease_expires_at,
-            errors,
-            idempotency_key,
-            correlation_id,
-        ) in rows
-    ]
+        jobs.append(job)
+    return jobs
 
 
 def _by_token(leases: Sequence[Lease]) -> list[dict[str, Any]]:
