@@ -296,7 +296,7 @@ async def test_a_strict_model_payload_is_read_back_as_it_was_enqueued(
         seen.append((payload, ctx.job.payload))
 
     env = make_env(backend, mode, registry)
-    sent = Stamped(at=datetime(2026, 11, 29, 5, 30, tzinfo=UTC), blob=b"a\\b\"c", ref=uuid4())
+    sent = Stamped(at=datetime(2026, 11, 29, 5, 30, tzinfo=UTC), blob=b'a\\b"c', ref=uuid4())
     job = env.enqueue("acme", "stamped", sent)
     async with running(env.worker()):
         await wait_until(lambda: env.state("acme", job.id) is JobState.COMPLETED, 10)

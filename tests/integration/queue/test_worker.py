@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from tenantry import current_tenant, current_tenant_or_none, tenant_context
 from tenantry.queue import JobContext, JobRegistry, JobState, Queue, RetryPolicy
+from tests.integration.locks import TableLock
 from tests.integration.queue.handlers import Item, Recorder, recording_registry
 from tests.integration.queue.support import CASES, EnvFactory, running, wait_until
 from tests.models import Note
@@ -305,9 +306,6 @@ async def test_cancelled_mid_refresh_hands_the_catalog_connection_back(
     the read waiting, as a slow database would; run() must not return (and let
     the caller dispose the pools) while the read still holds its connection.
     """
-    import psycopg
-    from sqlalchemy.engine import make_url
-
     registry = JobRegistry()
 
     @registry.handler("noop")
@@ -315,34 +313,19 @@ async def test_cancelled_mid_refresh_hands_the_catalog_connection_back(
         return None
 
     env = make_env("postgresql", "shared", registry, ("acme",))
-    url = make_url(env.t.config.stores["default"].url)
     worker = env.worker(refresh_interval=0.1)
     task = asyncio.create_task(worker.run())
     await worker.wait_started()
-    locker = psycopg.connect(
-        host=url.host, port=url.port or 5432, user=url.username, dbname=url.database
-    )
-    try:
-        locker.execute("LOCK TABLE tenantry.tenantry_tenants IN ACCESS EXCLUSIVE MODE")
-
-        def blocked() -> bool:
-            found = locker.execute(
-                "SELECT count(*) FROM pg_locks WHERE NOT granted"
-                " AND relation = 'tenantry.tenantry_tenants'::regclass"
-            ).fetchone()
-            return bool(found and found[0])
-
-        await wait_until(blocked, timeout=10)
-        asyncio.get_running_loop().call_later(0.3, locker.rollback)  # the lock goes
+    with TableLock(env.t.config.stores["default"].url, "tenantry", "tenantry_tenants") as lock:
+        await lock.wait_for_waiter()
+        lock.release_after(0.3)
         started = time.monotonic()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert time.monotonic() - started >= 0.25  # it waited for the read
-        assert env.t.catalog.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-        assert not worker._offloaded
-    finally:
-        locker.close()
+    assert env.t.catalog.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert not worker._offloaded
 
 
 async def test_freed_slots_start_buffered_jobs_while_a_claim_is_under_way(
