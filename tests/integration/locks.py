@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
@@ -62,3 +63,17 @@ class TableLock:
         """Release the lock from this event loop *seconds* from now."""
         assert self._conn is not None
         asyncio.get_running_loop().call_later(seconds, self._conn.rollback)
+
+    async def cancel_while_held(self, task: asyncio.Task[Any], hold: float = 0.3) -> float:
+        """Cancel *task* once its query waits here; the lock goes *hold* seconds later.
+
+        Returns how long the cancelled task took to finish: about *hold* if it
+        waited for its query, about nothing if it left the query behind.
+        """
+        await self.wait_for_waiter()
+        self.release_after(hold)
+        started = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return time.monotonic() - started
