@@ -36,7 +36,7 @@ from tenantry.queue import control
 from tenantry.queue.backends import Inserted, backend_for, ensure_queue_schema, ensure_store_queue
 from tenantry.queue.backends.base import Created, NewJobs
 from tenantry.queue.job import FINISHED_STATES, PENDING_STATES, Job, JobState, utcnow
-from tenantry.queue.registry import JobRegistry
+from tenantry.queue.registry import NUL_REFUSED, JobRegistry
 from tenantry.queue.schema import jobs_table as J
 from tenantry.queue.sources import JobSource, source_of
 from tenantry.queue.stats import QueueStats, TenantQueueStats
@@ -159,6 +159,13 @@ class Queue:
             raise ConfigError("queue must be 1-100 characters")
         if correlation_id is not None and len(correlation_id) > 200:
             raise ConfigError("correlation_id must be at most 200 characters")
+        for name, value in (
+            ("queue", queue),
+            ("idempotency_key", idempotency_key),
+            ("correlation_id", correlation_id),
+        ):
+            if value is not None and "\x00" in value:
+                raise ConfigError(f"{name}: {NUL_REFUSED}")
         prio = handler.priority if priority is None else priority
         if not -32768 <= prio <= 32767:
             raise ConfigError("priority must be between -32768 and 32767")

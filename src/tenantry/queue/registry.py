@@ -11,6 +11,8 @@ from __future__ import annotations
 import builtins
 import inspect
 import json
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +25,12 @@ from tenantry.queue.retry import RetryPolicy
 
 HandlerFn = Callable[..., Any]
 _KIND_MAX = 200
+# JSON's escape of the NUL character: ``\u0000`` after an odd run of
+# backslashes. After an even run the backslashes are escaped ones and
+# ``u0000`` is plain text (a payload holding a backslash then "u0000").
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+#: Why a NUL cannot be stored, in every error that refuses one.
+NUL_REFUSED = "PostgreSQL cannot store the NUL character (\\u0000)"
 
 
 @dataclass(frozen=True)
@@ -82,17 +90,46 @@ class Handler:
 
         pydantic serializes straight to JSON, several times cheaper than
         ``json.dumps(dump_validated(value))``, and the value is the same but
-        for one case: a non-finite float, which ``dump_validated`` keeps (the
-        jobs table's jsonb then refuses it) and pydantic writes as ``null``.
-        Text with a ``null`` in it is therefore made the old way, so such a
-        payload is still refused rather than stored altered. ASCII (non-ASCII
-        characters escaped) reads the same in any client encoding.
+        for one case: a non-finite float, which pydantic writes as ``null``
+        (and ``dump_validated`` too, for one typed ``Any``). Text with a
+        ``null`` in it is therefore checked for one, so such a payload is
+        refused rather than stored altered. ASCII (non-ASCII characters
+        escaped) reads the same in any client encoding.
+
+        It is also where a payload PostgreSQL cannot store is refused, on
+        every backend alike: a NUL character (jsonb has none), NaN or
+        Infinity (JSON has none). Refused only by PostgreSQL it would be a
+        database error mid-enqueue there but a stored job on SQLite, and a
+        tenant could not be moved to a PostgreSQL store with its jobs.
         """
         # ``dump_json``'s serializer, called directly: half the cost of the wrapper.
         text = self.adapter.serializer.to_json(value, ensure_ascii=True, warnings=True)
-        if b"null" in text:
-            return json.dumps(self.dump_validated(value)).encode()
+        if b"null" in text and _has_non_finite(self.adapter.dump_python(value)):
+            raise PayloadValidationError(
+                f"invalid payload for {self.kind!r}: numbers must be finite "
+                "(no NaN or Infinity: JSON has none)"
+            )
+        if b"\\u0000" in text and _NUL_ESCAPE.search(text):
+            raise PayloadValidationError(
+                f"invalid payload for {self.kind!r}: {NUL_REFUSED}; "
+                "send binary data as base64 (for a pydantic model: ser_json_bytes='base64')"
+            )
         return text
+
+
+def _has_non_finite(value: Any) -> bool:
+    """Whether a float NaN or Infinity is anywhere in *value* (``dump_python``'s output)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+    return False
 
 
 def _payload_type_of(fn: HandlerFn) -> Any:

@@ -854,8 +854,9 @@ class Worker:
             "at": utcnow().isoformat(),
             "attempt": job.attempt,
             "type": type(exc).__name__,
-            "message": str(exc)[:2000],
-            "traceback": "".join(traceback.format_exception(exc))[-8000:],
+            # jsonb holds no NUL (a message quoting binary data may have one).
+            "message": str(exc)[:2000].replace("\x00", "\\x00"),
+            "traceback": "".join(traceback.format_exception(exc))[-8000:].replace("\x00", "\\x00"),
         }
         for attempt in range(5):
             try:

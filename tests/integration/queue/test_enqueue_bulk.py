@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Connection, event
-from sqlalchemy.exc import DataError, StatementError
+from sqlalchemy.exc import StatementError
 
-from tenantry import JobContext, JobRegistry, Queue, tenant_context
+from tenantry import JobContext, JobRegistry, PayloadValidationError, Queue, tenant_context
 from tenantry.queue import JobState
 from tenantry.queue.backends.postgres import _COPY_CHUNK, COPY_MIN_ROWS
 from tests.conftest import TenantryFactory
@@ -135,26 +135,30 @@ async def test_async_bulk_stores_awkward_payloads_exactly(queue: Queue) -> None:
 
 
 @pytest.mark.parametrize("size", [1, 5, COPY_MIN_ROWS])
-def test_a_non_finite_float_is_refused_on_postgresql_as_before(
+def test_a_non_finite_float_is_refused_before_the_write(
     make_tenantry: TenantryFactory, size: int
 ) -> None:
-    """jsonb has no Infinity: a float field's is refused by the database, as it was
-    (pydantic's JSON serializer alone would have written null). In an ``Any`` field
-    pydantic's JSON-ready form was already null, and stays so."""
+    """jsonb has no Infinity. pydantic's JSON serializer writes null for it, and an
+    ``Any`` field's JSON-ready form was null too: such a payload was stored altered
+    (``Any``) or refused by the database (a float field). Now both are refused
+    before anything is written, on every enqueue path (one row, arrays, COPY)."""
     t = make_tenantry("postgresql")
     t.create_tenant("acme")
     queue = Queue(t, _registry())
     queue.setup()
     docs = [{"i": float(i), "x": 0.5} for i in range(size)]
     docs[-1]["x"] = math.inf
-    with tenant_context("acme"), pytest.raises(DataError):
-        queue.enqueue_many("num", docs)
+    with tenant_context("acme"):
+        with pytest.raises(PayloadValidationError, match="finite"):
+            queue.enqueue_many("num", docs)
+        with pytest.raises(PayloadValidationError, match="finite"):
+            queue.enqueue_many("doc", [{"x": 1.0}] * (size - 1) + [{"x": [math.nan]}])
     assert queue.count_jobs(tenant_id="acme")["available"] == 0
     with tenant_context("acme"):
         done = queue.enqueue_many("num", [*docs[:-1], {"x": -0.0}])
-        loose = queue.enqueue_many("doc", [{"x": math.inf}] * size)
+        nulls = queue.enqueue_many("doc", [{"x": None}] * size)
     assert _stored(queue, [done[-1].id]) == [{"x": -0.0}]
-    assert _stored(queue, [loose[-1].id]) == [{"x": None}]
+    assert _stored(queue, [nulls[-1].id]) == [{"x": None}]
 
 
 def test_bulk_copy_is_one_copy_and_commits_with_its_notify(make_tenantry: TenantryFactory) -> None:

@@ -10,6 +10,7 @@ wake-ups. Methods take a *sync* ``Connection``; async callers run them through
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -112,13 +113,18 @@ class NewJobs(Sequence[dict[str, Any]]):
         return texts
 
     def rows(self) -> list[dict[str, Any]]:
-        """The row dicts, ``payload`` in its JSON-ready form (``Handler.dump``)."""
+        """The row dicts, ``payload`` in its JSON-ready form (``Handler.dump``).
+
+        Made from the JSON texts, so every write path refuses what
+        ``Handler.json_text`` refuses (a payload PostgreSQL cannot store)
+        and stores the same value.
+        """
         if self._rows is None:
-            dump, common = self._handler.dump_validated, self.common
+            common = self.common
             self._rows = []
-            for value in self._values:
+            for text in self.payload_texts():
                 row = common.copy()
-                row["payload"] = dump(value)
+                row["payload"] = json.loads(text)
                 self._rows.append(row)
         return self._rows
 
