@@ -506,6 +506,8 @@ def test_heavy_loads_give_the_worker_the_same_claim_loads_as_all_loads(
     fake = SimpleNamespace(
         _recent=recent,
         _held={i: SimpleNamespace(job=SimpleNamespace(tenant_id=t)) for i, t in enumerate(held)},
+        _ranked={},
+        _ranked_until=0.0,
     )
     every = Worker._loads(fake, at)  # type: ignore[arg-type]
     heavy = Worker._heavy_loads(fake, at)  # type: ignore[arg-type]
@@ -515,3 +517,46 @@ def test_heavy_loads_give_the_worker_the_same_claim_loads_as_all_loads(
     )
     for key in "abcdefghij":
         assert recent.value(key, at) == pytest.approx(recent.values(at).get(key, 0.0))
+
+
+def test_many_tenants_recent_starts_are_ranked_briefly_once_held_jobs_always_counted() -> None:
+    """Past MAX_HELD_IN_CLAIM heavy tenants the claim keeps only the heaviest anyway;
+    that ranking is reused for RANK_REFRESH seconds, never the jobs held now."""
+    from types import SimpleNamespace
+
+    from tenantry.queue.fairness import DecayingCounts
+    from tenantry.queue.worker import MAX_HELD_IN_CLAIM, RANK_REFRESH, Worker
+
+    recent = DecayingCounts(half_life=2.0, now=0.0)
+    tenants = [f"t{i:05d}" for i in range(MAX_HELD_IN_CLAIM + 100)]
+    for i, tenant in enumerate(tenants):
+        recent.add(tenant, 0.0, amount=1.0 + i / 1000)
+    fake = SimpleNamespace(_recent=recent, _held={}, _ranked={}, _ranked_until=0.0)
+    first = Worker._heavy_loads(fake, 0.0)  # type: ignore[arg-type]
+    assert set(first) == set(tenants[-MAX_HELD_IN_CLAIM:])  # the heaviest, by their starts
+
+    recent.add("newcomer", 0.01, amount=50.0)
+    fake._held = {0: SimpleNamespace(job=SimpleNamespace(tenant_id="holder"))}
+    soon = Worker._heavy_loads(fake, RANK_REFRESH / 2)  # type: ignore[arg-type]
+    assert "newcomer" not in soon  # its starts wait for the next ranking...
+    assert soon["holder"] == 1.0  # ...a job held now does not
+    assert set(soon) == set(first) | {"holder"}
+
+    later = Worker._heavy_loads(fake, RANK_REFRESH)  # type: ignore[arg-type]
+    assert later["newcomer"] == pytest.approx(50.0 * 2.0 ** -((RANK_REFRESH - 0.01) / 2.0))
+    assert later["holder"] == 1.0
+
+
+def test_few_tenants_recent_starts_count_at_once() -> None:
+    """Below the cap nothing is reused: a start counts in the very next claim."""
+    from types import SimpleNamespace
+
+    from tenantry.queue.fairness import DecayingCounts
+    from tenantry.queue.worker import Worker
+
+    recent = DecayingCounts(half_life=2.0, now=0.0)
+    fake = SimpleNamespace(_recent=recent, _held={}, _ranked={}, _ranked_until=0.0)
+    for step in range(5):
+        recent.add("a", step * 0.001)
+        loads = Worker._heavy_loads(fake, step * 0.001)  # type: ignore[arg-type]
+        assert loads["a"] == pytest.approx(step + 1, rel=1e-3)

@@ -142,6 +142,35 @@ def test_claim_reads_the_partial_index_not_the_table(
     assert env.counts("acme")["available"] == 5  # the claim was rolled back
 
 
+@pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
+def test_fair_claim_looks_up_the_busy_tenants_controls_not_every_tenants(
+    make_tenantry: TenantryFactory, plan_cache_mode: str
+) -> None:
+    """With ten thousand tenants the control table was read whole and hashed at
+    every claim (a third of the claim's time), to join a window of busy tenants."""
+    env = build_env(make_tenantry, "postgresql", "shared", noop_registry(), ("acme", "globex"))
+    env.enqueue_many("acme", "record", [{"n": i} for i in range(5)])
+    env.enqueue_many("globex", "record", [{"n": i} for i in range(5)])
+    source = env.source("acme")
+    with source.engine().connect() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO tenantry.tenantry_queue_tenants (tenant_id, weight, paused, updated_at) "
+            "SELECT 'idle' || g, 1, false, now() FROM generate_series(1, 10000) g"
+        )
+        conn.exec_driver_sql("ANALYZE tenantry.tenantry_queue_tenants")
+        conn.exec_driver_sql("ANALYZE tenantry.tenantry_jobs")
+        conn.commit()
+    claimed, plan = _claim_plan(source, limit=4, fair=True, plan_cache_mode=plan_cache_mode)
+    assert sorted(j.tenant_id for j in claimed) == ["acme", "acme", "globex", "globex"]
+    controls = [
+        (n["Node Type"], n.get("Index Name"))
+        for n in plan
+        if n.get("Relation Name") == "tenantry_queue_tenants"
+    ]
+    assert controls
+    assert all(node != "Seq Scan" for node, _ in controls), controls
+
+
 @pytest.mark.parametrize("fair", [True, False], ids=["fair", "fifo"])
 def test_claim_reads_a_batch_not_the_backlog_without_statistics(
     make_tenantry: TenantryFactory, fair: bool

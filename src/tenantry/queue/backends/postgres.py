@@ -169,7 +169,13 @@ WITH RECURSIVE ahead(tenant_id, head, prio, head_id, n) AS (
                END,
                coalesce(floor(lvl.level + 1e-9)::int, %(limit)s))) AS allowance
     FROM busy b
-    LEFT JOIN {_CONTROL} c ON c.tenant_id = b.tenant_id
+    -- One primary-key probe per busy tenant (LIMIT 1 keeps the subquery from
+    -- being flattened into a join): as a plain join, the planner, which cannot
+    -- know how many tenants the window holds, hashed the whole control table,
+    -- a row per tenant, at every claim (10,000 rows: a third of the claim).
+    LEFT JOIN LATERAL (
+        SELECT * FROM {_CONTROL} c WHERE c.tenant_id = b.tenant_id LIMIT 1
+    ) c ON true
     LEFT JOIN unnest(%(held_tenants)s::text[], %(held_counts)s::float8[]) AS h(tenant_id, n)
            ON h.tenant_id = b.tenant_id
     CROSS JOIN LATERAL (
