@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tenantry.queue.buffer import AdaptivePrefetch, FixedPrefetch, JobBuffer
@@ -85,6 +85,41 @@ def test_fair_buffer_matches_a_scan_of_the_whole_buffer(
         expected = min(reference, key=lambda h: active.get(h.job.tenant_id, 0))
         reference.remove(expected)
         assert buffer.pop_next(active) is expected
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["append", "append", "pop", "remove"]), st.sampled_from("abc")),
+        max_size=60,
+    ),
+    st.booleans(),
+    st.data(),
+)
+def test_buffer_matches_a_scan_through_appends_pops_and_removes(
+    steps: list[tuple[str, str]], fair: bool, data: st.DataObject
+) -> None:
+    """The heap of tenants' first jobs never picks other than a scan in claim order."""
+    buffer: JobBuffer[_Held] = JobBuffer(fair=fair)
+    reference: list[_Held] = []  # claim order
+    for n, (step, tenant) in enumerate(steps):
+        if step == "append":
+            item = _held(n, tenant)
+            buffer.append(item)
+            reference.append(item)
+        elif step == "remove" and reference:
+            victim = data.draw(st.sampled_from(reference))
+            assert buffer.remove(victim)
+            reference.remove(victim)
+        elif step == "pop" and reference:
+            active = {t: data.draw(st.integers(0, 2)) for t in "abc"}
+            runs = active if fair else {}
+            expected = min(reference, key=lambda h: runs.get(h.job.tenant_id, 0))  # first of equals
+            reference.remove(expected)
+            assert buffer.pop_next(active) is expected
+        assert len(buffer) == len(reference)
+    assert list(buffer) == reference
+    assert buffer.clear() == reference
 
 
 def test_adaptive_prefetch_grows_for_fast_jobs_and_stays_low_for_slow_ones() -> None:

@@ -6,7 +6,9 @@ start yet in this buffer. Two things decide its speed and its manners:
 * which buffered job starts next. In fair mode, the one whose tenant runs the
   fewest jobs in this worker, so a tenant's single job claimed just now does
   not wait behind everything prefetched earlier for a busier tenant. Jobs
-  are kept per tenant, so that choice costs one look per buffered tenant, not
+  are kept per tenant, with a heap of each tenant's first job: when the
+  first-claimed tenant runs nothing here (with many tenants, nearly always)
+  the choice is that heap's top; otherwise one look per buffered tenant, never
   per buffered job (a scan of the whole buffer per start made a 200-job
   buffer quadratic);
 * how many jobs to hold beyond the running ones (``AdaptivePrefetch``).
@@ -14,6 +16,7 @@ start yet in this buffer. Two things decide its speed and its manners:
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -43,6 +46,9 @@ class JobBuffer(Generic[T]):
         # tenant -> its jobs in claim order, each with its place in the claim order
         self._by_tenant: dict[str, deque[tuple[int, T]]] = {}
         self._size = 0
+        # (place, tenant) of each tenant's first job, smallest first; entries
+        # whose job has gone are dropped when they reach the top (_first).
+        self._heads: list[tuple[int, str]] = []
 
     def __len__(self) -> int:
         return self._size
@@ -66,10 +72,22 @@ class JobBuffer(Generic[T]):
     def append(self, item: T) -> None:
         tenant_id = item.job.tenant_id
         jobs = self._by_tenant.get(tenant_id)
+        place = next(self._seq)
         if jobs is None:
             jobs = self._by_tenant[tenant_id] = deque()
-        jobs.append((next(self._seq), item))
+            heapq.heappush(self._heads, (place, tenant_id))
+        jobs.append((place, item))
         self._size += 1
+
+    def _first(self) -> str:
+        """The tenant whose first job was claimed first."""
+        heads, by_tenant = self._heads, self._by_tenant
+        while True:
+            place, tenant_id = heads[0]
+            jobs = by_tenant.get(tenant_id)
+            if jobs is not None and jobs[0][0] == place:
+                return tenant_id
+            heapq.heappop(heads)  # that job started or was removed
 
     def pop_next(self, active: Mapping[str, int]) -> T:
         """The job to start next.
@@ -79,16 +97,23 @@ class JobBuffer(Generic[T]):
         """
         if not self._size:
             raise IndexError("pop from an empty job buffer")
-        if self.fair:
+        tenant_id = self._first()
+        if self.fair and active.get(tenant_id, 0):
+            # The first-claimed tenant runs jobs here: one that runs fewer may
+            # come first. With thousands of tenants each running nothing, the
+            # common case above needs no scan (the scan was a sixth of the loop).
             tenant_id = min(
                 self._by_tenant,
                 key=lambda t: (active.get(t, 0), self._by_tenant[t][0][0]),
             )
-        else:
-            tenant_id = min(self._by_tenant, key=lambda t: self._by_tenant[t][0][0])
+        return self._pop_first_of(tenant_id)
+
+    def _pop_first_of(self, tenant_id: str) -> T:
         jobs = self._by_tenant[tenant_id]
         _, item = jobs.popleft()
-        if not jobs:
+        if jobs:
+            heapq.heappush(self._heads, (jobs[0][0], tenant_id))
+        else:
             del self._by_tenant[tenant_id]
         self._size -= 1
         return item
@@ -99,14 +124,16 @@ class JobBuffer(Generic[T]):
         jobs = self._by_tenant.get(tenant_id)
         if jobs is None:
             return False
-        for entry in jobs:
+        for index, entry in enumerate(jobs):
             if entry[1] is item:
-                jobs.remove(entry)
+                del jobs[index]
                 break
         else:
             return False
         if not jobs:
             del self._by_tenant[tenant_id]
+        elif index == 0:
+            heapq.heappush(self._heads, (jobs[0][0], tenant_id))
         self._size -= 1
         return True
 
@@ -114,6 +141,7 @@ class JobBuffer(Generic[T]):
         """Empty the buffer; returns what it held, in claim order."""
         items = list(self)
         self._by_tenant.clear()
+        self._heads.clear()
         self._size = 0
         return items
 
