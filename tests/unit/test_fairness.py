@@ -560,3 +560,24 @@ def test_few_tenants_recent_starts_count_at_once() -> None:
         recent.add("a", step * 0.001)
         loads = Worker._heavy_loads(fake, step * 0.001)  # type: ignore[arg-type]
         assert loads["a"] == pytest.approx(step + 1, rel=1e-3)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    values=st.lists(
+        st.sampled_from([0.0, 0.3, 0.5, 1.0, 1.5, 2.0, 7.25]), min_size=0, max_size=1200
+    )
+)
+def test_heaviest_keeps_at_most_the_cap_and_never_a_lighter_tenant_over_a_heavier(
+    values: list[float],
+) -> None:
+    """Ties at the cut (many tenants holding exactly one job) must not break the cap."""
+    from tenantry.queue.worker import HEAVY_LOAD, MAX_HELD_IN_CLAIM, _heaviest
+
+    loads = {f"t{i:05d}": v for i, v in enumerate(values)}
+    kept = _heaviest(loads)
+    heavy = {t: v for t, v in loads.items() if v >= HEAVY_LOAD}
+    assert len(kept) == min(MAX_HELD_IN_CLAIM, len(heavy))
+    assert all(loads[t] == v for t, v in kept.items())
+    dropped = [v for t, v in heavy.items() if t not in kept]
+    assert not dropped or min(kept.values()) >= max(dropped)
