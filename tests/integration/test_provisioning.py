@@ -226,6 +226,40 @@ def test_a_new_tenant_never_adopts_leftover_data(
     assert _storage_exists(t, "acme", mode)  # refused, and nothing was touched
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_database_recreated_under_the_same_name_is_never_read_through_an_old_connection(
+    make_tenantry: TenantryFactory, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's thread may open the tenant database while ``delete_tenant``
+    drops it: after the engines are forgotten, before the files go. That
+    engine, cached, kept its connection to the removed SQLite file, and the
+    tenant created again under the same name was read through it."""
+    t = make_tenantry(backend)
+    t.create_tenant("acme", isolation="database")
+    with tenant_context("acme"), t.session() as s:
+        s.add(Note(body="old data"))
+        s.commit()
+    store = t.default_store
+    forget = store.forget_tenant_engines
+    raced: list[int] = []
+
+    def forget_then_race(tenant_id: str) -> None:
+        forget(tenant_id)
+        if not raced:  # the first call: the database is still there
+            with store.tenant_engine(tenant_id).connect() as conn:
+                raced.append(conn.execute(select(func.count()).select_from(Note)).scalar_one())
+
+    monkeypatch.setattr(store, "forget_tenant_engines", forget_then_race)
+    t.delete_tenant("acme")
+    assert raced == [1]
+    monkeypatch.undo()
+    t.create_tenant("acme", isolation="database")
+    with tenant_context("acme"), t.session() as s:
+        assert s.execute(select(func.count()).select_from(Note)).scalar_one() == 0
+    with store.tenant_engine("acme").connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Note)).scalar_one() == 0
+
+
 def test_concurrent_first_catalog_setups_all_succeed(
     make_tenantry: TenantryFactory, backend: str
 ) -> None:

@@ -87,12 +87,21 @@ class DatabaseIsolation:
     def deprovision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
         name = store.tenant_database_name(tenant_id)
         store.forget_tenant_engines(tenant_id)
-        if store.is_postgres:
-            engine = store.admin_engine().execution_options(isolation_level="AUTOCOMMIT")
-            with engine.connect() as conn:
-                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {pg.quote(conn, name)} WITH (FORCE)")
-            return
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            path = Path(name + suffix)
-            if path.exists():
-                os.remove(path)
+        try:
+            if store.is_postgres:
+                engine = store.admin_engine().execution_options(isolation_level="AUTOCOMMIT")
+                with engine.connect() as conn:
+                    conn.exec_driver_sql(
+                        f"DROP DATABASE IF EXISTS {pg.quote(conn, name)} WITH (FORCE)"
+                    )
+                return
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                path = Path(name + suffix)
+                if path.exists():
+                    os.remove(path)
+        finally:
+            # Again once the database is gone: a worker's thread may have made a
+            # new engine in between and connected to it. Cached, that engine kept
+            # its connection to the removed SQLite file open, and a database made
+            # later under the same name was read through it: the old rows.
+            store.forget_tenant_engines(tenant_id)
