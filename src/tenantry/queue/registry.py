@@ -77,21 +77,13 @@ class Handler:
         text = job.__dict__.get(PAYLOAD_TEXT)
         return self.validate(json.dumps(job.payload) if text is None else text)
 
-    def dump(self, payload: Any) -> Any:
-        """Validate and return the JSON-ready form stored in the jobs table."""
-        return self.dump_validated(self.validate(payload))
-
-    def dump_validated(self, value: Any) -> Any:
-        """The JSON-ready form of a payload ``validate`` returned."""
-        return self.adapter.dump_python(value, mode="json")
-
     def json_text(self, value: Any) -> bytes:
-        """A payload ``validate`` returned as JSON text (ASCII only), the value ``dump`` gives.
+        """A payload ``validate`` returned as JSON text (ASCII only): what every write stores.
 
         pydantic serializes straight to JSON, several times cheaper than
-        ``json.dumps(dump_validated(value))``, and the value is the same but
-        for one case: a non-finite float, which pydantic writes as ``null``
-        (and ``dump_validated`` too, for one typed ``Any``). Text with a
+        ``json.dumps(adapter.dump_python(value, mode="json"))``, with the same
+        value but for one case: a non-finite float, which pydantic writes as
+        ``null`` (and its JSON-mode dump too, for one typed ``Any``). Text with a
         ``null`` in it is therefore checked for one, so such a payload is
         refused rather than stored altered. ASCII (non-ASCII characters
         escaped) reads the same in any client encoding.

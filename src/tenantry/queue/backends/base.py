@@ -113,7 +113,7 @@ class NewJobs(Sequence[dict[str, Any]]):
         return texts
 
     def rows(self) -> list[dict[str, Any]]:
-        """The row dicts, ``payload`` in its JSON-ready form (``Handler.dump``).
+        """The row dicts, ``payload`` decoded from its JSON text (``Handler.json_text``).
 
         Made from the JSON texts, so every write path refuses what
         ``Handler.json_text`` refuses (a payload PostgreSQL cannot store)
