@@ -648,8 +648,10 @@ class Worker:
             )
             return done, jobs
 
+        alone = not leases and backend.claims_in_one_statement(fair=self.fair)
+
         def transaction() -> tuple[set[int], list[Job]]:
-            with engine.begin() as conn:
+            with backend.claim_connection(engine, alone=alone) as conn:
                 return work(conn)
 
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, overload
@@ -193,6 +194,22 @@ class QueueBackend:
         inserted = self.insert_jobs(conn, rows)
         self.notify(conn, {r["queue"] for r in rows})
         return inserted
+
+    @contextmanager
+    def claim_connection(self, engine: Engine, *, alone: bool) -> Iterator[Connection]:
+        """The connection a worker's claim, and the acknowledgements it carries, run on.
+
+        Committed when the block ends. *alone*: the block runs nothing but a
+        claim without acknowledgements (``claims_in_one_statement``), which a
+        dialect may run as one autocommitted statement: as atomic and as
+        durable, without the round trips of ``BEGIN`` and ``COMMIT``.
+        """
+        with engine.begin() as conn:
+            yield conn
+
+    def claims_in_one_statement(self, *, fair: bool) -> bool:
+        """Whether ``claim`` is a single statement, atomic without a transaction."""
+        return False
 
     def writes_in_one_statement(self, rows: Sequence[dict[str, Any]]) -> bool:
         """Whether ``write_jobs`` is a single statement, atomic without a transaction."""

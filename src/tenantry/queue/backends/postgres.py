@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
@@ -542,6 +543,38 @@ class PostgresBackend(QueueBackend):
 
     def writes_in_one_statement(self, rows: Sequence[Mapping[str, Any]]) -> bool:
         return len(rows) < COPY_MIN_ROWS and is_keyless(rows)
+
+    def claims_in_one_statement(self, *, fair: bool) -> bool:
+        # The fair claim first locks the control rows of limited tenants.
+        return not fair
+
+    @contextmanager
+    def claim_connection(self, engine: Engine, *, alone: bool) -> Iterator[Connection]:
+        """An idle worker's claim in one round trip instead of three.
+
+        psycopg opens a transaction with a ``BEGIN`` of its own round trip,
+        and ``COMMIT`` is another: on an idle worker they were a third of the
+        time from a job's NOTIFY to its handler. Autocommit is switched on the
+        driver's connection (SQLAlchemy's isolation switch costs more than the
+        round trips saved) and back before the connection returns to the pool;
+        one that cannot be switched back is invalidated.
+        """
+        if not alone:
+            with engine.begin() as conn:
+                yield conn
+            return
+        with engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            assert isinstance(raw, psycopg.Connection)
+            raw.autocommit = True
+            try:
+                yield conn
+            finally:
+                try:
+                    if not conn.invalidated:
+                        raw.autocommit = False
+                except Exception as exc:
+                    conn.invalidate(exc)
 
     def _one_statement(self, rows: Sequence[Mapping[str, Any]]) -> tuple[str, Any]:
         """The statement (and parameters) that writes *rows* and wakes their workers."""
