@@ -337,3 +337,51 @@ def test_sqlite_shared_tables_are_created_even_when_another_connection_commits_m
     with tenant_context("acme"), t.session() as s:
         s.add(Note(body="works"))
         s.commit()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_status_listing_is_fresh_for_the_ttl_and_yields_to_local_writes(
+    make_tenantry: TenantryFactory, backend: str
+) -> None:
+    """``Catalog.cache_statuses``: every tenant's status from one query, for a worker."""
+    now = [100.0]
+    t = make_tenantry(backend)
+    t.catalog._clock = lambda: now[0]
+    for tenant_id in ("acme", "globex", "initech"):
+        t.create_tenant(tenant_id)
+    other = make_tenantry(backend, t.config)  # a worker's process on the same catalog
+    other.catalog._clock = lambda: now[0]
+    catalog = other.catalog
+    assert catalog.status_cached("acme") is None  # nothing listed yet
+    catalog.cache_statuses()
+    assert catalog.get_cached("acme") is None  # only statuses, not whole entries
+    assert [catalog.status_cached(x) for x in ("acme", "globex", "initech", "nobody")] == [
+        TenantStatus.ACTIVE,
+        TenantStatus.ACTIVE,
+        TenantStatus.ACTIVE,
+        None,
+    ]
+    t.suspend_tenant("globex")  # another process: seen once the listing expires
+    now[0] += t.config.catalog_cache_ttl - 0.1
+    assert catalog.status_cached("globex") is TenantStatus.ACTIVE
+    now[0] += 0.2
+    assert catalog.status_cached("globex") is None
+    catalog.cache_statuses()
+    assert catalog.status_cached("globex") is TenantStatus.SUSPENDED
+    # A write in this process drops its tenant from the listing at once...
+    other.suspend_tenant("acme")
+    assert catalog.status_cached("acme") is None
+    # ...and from a listing whose read began no earlier (it may predate the write).
+    catalog.cache_statuses()
+    assert catalog.status_cached("acme") is None
+    assert catalog.status_cached("initech") is TenantStatus.ACTIVE
+    now[0] += 0.1
+    catalog.cache_statuses()
+    assert catalog.status_cached("acme") is TenantStatus.SUSPENDED
+    catalog.invalidate()  # everything
+    assert catalog.status_cached("initech") is None
+    catalog.cache_statuses()
+    assert catalog.status_cached("initech") is None  # read began when all was invalidated
+    now[0] += 0.1
+    catalog.cache_statuses()
+    assert catalog.status_cached("initech") is TenantStatus.ACTIVE

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+from typing import Any
 
+import pytest
 from sqlalchemy import func, select, text
 
 from tenantry.catalog import TenantStatus
 from tenantry.queue import JobState
+from tenantry.queue import worker as worker_module
 from tenantry.queue.job import utcnow
 from tenantry.queue.schema import jobs_table as J
 from tests.conftest import TenantryFactory
@@ -105,3 +109,52 @@ def test_deleting_a_tenant_deletes_its_jobs(
     assert env.total("globex") == 0
     env.enqueue("globex", "work", {"n": 9})
     assert env.total("globex") == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_a_worker_with_many_tenants_keeps_their_statuses_cached(
+    make_env: EnvFactory,
+    make_tenantry: TenantryFactory,
+    backend: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Jobs start without a catalog lookup, and a suspension still stops them.
+
+    (Two tenants stand for the thousands ``CATALOG_PRIME_MIN_TENANTS`` is for.)
+    """
+    monkeypatch.setattr(worker_module, "CATALOG_PRIME_MIN_TENANTS", 2)
+    rec = Recorder()
+    env = make_env(backend, "shared", recording_registry(rec))
+    catalog = env.t.catalog
+    catalog.ttl = 0.5  # the listing is renewed every 0.3 s
+    lookups: list[str] = []
+    for name in ("get", "warm"):
+        original = getattr(catalog, name)
+
+        def spy(*args: Any, _original: Any = original, _name: str = name, **kw: Any) -> Any:
+            if threading.current_thread().name.startswith("tenantry-io"):  # the worker's
+                lookups.append(_name)
+            return _original(*args, **kw)
+
+        monkeypatch.setattr(catalog, name, spy)
+    worker = env.worker(suspended_retry=0.3)
+    async with running(worker):
+        await wait_until(lambda: catalog.status_cached("globex") is not None, 10, what="a listing")
+        made = [
+            await asyncio.to_thread(env.enqueue, t, "work", {"n": 1}, delay=0.5)
+            for t in env.tenants
+        ]
+        catalog._cache.clear()  # the enqueues looked them up: only the listing may answer now
+        lookups.clear()
+        await wait_until(
+            lambda: all(env.state(j.tenant_id, j.id) is JobState.COMPLETED for j in made), 10
+        )
+        assert lookups == []
+        # Suspended by another process (not invalidated here; its control row left
+        # as it was): once the listing is renewed, the job is put back, not run.
+        held = await asyncio.to_thread(env.enqueue, "globex", "work", {"n": 2}, delay=1.5)
+        other = make_tenantry(backend, env.t.config)
+        await asyncio.to_thread(other.catalog.set_status, "globex", TenantStatus.SUSPENDED)
+        await wait_until(lambda: worker.stats.postponed >= 1, 10, what="the job put back")
+        assert rec.count("globex", held.id) == 0
+        assert env.state("globex", held.id) is JobState.SCHEDULED
