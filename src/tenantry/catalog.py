@@ -9,9 +9,10 @@ at once.
 
 from __future__ import annotations
 
+import builtins
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -158,7 +159,9 @@ def _as_aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-_STATUS_OF = {s.value: s for s in TenantStatus}  # TenantStatus(value) costs microseconds
+_STATUS_OF = {s.value: s for s in TenantStatus}
+#: Ids per ``IN (...)`` when re-reading changed tenants (SQLite's parameter limit).
+_IN_CHUNK = 500  # TenantStatus(value) costs microseconds
 
 
 def _row_to_tenant(row: RowMapping) -> Tenant:
@@ -341,6 +344,44 @@ class Catalog:
             query = query.where(tenants_table.c.isolation == IsolationMode(isolation).value)
         with self.engine.connect() as conn:
             return [_row_to_tenant(r) for r in conn.execute(query).mappings()]
+
+    def list_since(self, known: Mapping[str, Tenant]) -> builtins.list[Tenant]:
+        """Every tenant, as ``list()``; whole rows are read only for those not in
+        *known* as they are now (a new ``updated_at``).
+
+        A worker lists the whole catalog at each refresh. Whole rows cost about
+        150 ms for 10,000 tenants, mostly Python (parsing each row's settings
+        and timestamps, building the entries), and while that ran on its thread
+        the worker's event loop waited for the GIL: jobs started late. Ids and
+        ``updated_at`` alone are a tenth of that. Every catalog write sets
+        ``updated_at``; an edit made behind tenantry's back without it is seen
+        by the next full ``list()``.
+        """
+        self.ensure_schema()
+        with self.engine.connect() as conn:
+            stamps = conn.execute(
+                select(tenants_table.c.id, tenants_table.c.updated_at).order_by(tenants_table.c.id)
+            ).all()
+            changed = [
+                tenant_id
+                for tenant_id, updated_at in stamps
+                if (old := known.get(tenant_id)) is None or old.updated_at != _as_aware(updated_at)
+            ]
+            fresh: dict[str, Tenant] = {}
+            for start in range(0, len(changed), _IN_CHUNK):
+                query = select(tenants_table).where(
+                    tenants_table.c.id.in_(changed[start : start + _IN_CHUNK])
+                )
+                for row in conn.execute(query).mappings():
+                    fresh[row["id"]] = _row_to_tenant(row)
+        reread = set(changed)
+        found = []
+        for tenant_id, _ in stamps:
+            # A tenant re-read but not found was deleted between the two reads.
+            tenant = fresh.get(tenant_id) if tenant_id in reread else known[tenant_id]
+            if tenant is not None:
+                found.append(tenant)
+        return found
 
     # -- writes ---------------------------------------------------------------
     def insert(self, tenant: Tenant) -> Tenant:

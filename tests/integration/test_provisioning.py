@@ -385,3 +385,22 @@ def test_the_status_listing_is_fresh_for_the_ttl_and_yields_to_local_writes(
     now[0] += 0.1
     catalog.cache_statuses()
     assert catalog.status_cached("initech") is TenantStatus.ACTIVE
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_list_since_rereads_only_what_changed(make_tenantry: TenantryFactory, backend: str) -> None:
+    t = make_tenantry(backend)
+    for tenant_id in ("acme", "globex", "initech"):
+        t.create_tenant(tenant_id)
+    catalog = t.catalog
+    first = {x.id: x for x in catalog.list()}
+    assert catalog.list_since({}) == list(first.values())  # nothing known: all read
+    t.update_tenant("globex", settings={"queue": {"weight": 3}})
+    t.delete_tenant("initech")
+    t.create_tenant("umbrella")
+    again = catalog.list_since(first)
+    assert [x.id for x in again] == ["acme", "globex", "umbrella"]
+    assert again[0] is first["acme"]  # unchanged: the entry known, not re-read
+    assert again[1] is not first["globex"]
+    assert again[1].settings == {"queue": {"weight": 3}}
+    assert again == catalog.list()

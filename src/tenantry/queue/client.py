@@ -381,11 +381,19 @@ class Queue:
         return [grouped[k][0] for k in sorted(grouped)]
 
     def tenants_by_source(
-        self, *, stores: Sequence[str] | None = None, tenants: Sequence[str] | None = None
+        self,
+        *,
+        stores: Sequence[str] | None = None,
+        tenants: Sequence[str] | None = None,
+        listed: Sequence[Tenant] | None = None,
     ) -> dict[str, tuple[JobSource, list[Tenant]]]:
-        """Each jobs table with the catalog's tenants whose jobs it holds."""
+        """Each jobs table with the catalog's tenants whose jobs it holds.
+
+        *listed*: the catalog as the caller just listed it (a worker lists it
+        with ``Catalog.list_since``); by default it is listed here.
+        """
         found: dict[str, tuple[JobSource, list[Tenant]]] = {}
-        catalog = self.tenantry.list_tenants()
+        catalog = self.tenantry.list_tenants() if listed is None else listed
         wanted = set(tenants) if tenants is not None else None
         for tenant in catalog:
             if wanted is not None and tenant.id not in wanted:

@@ -22,7 +22,7 @@ from sqlalchemy import func, select, text
 from tenantry import TenantNotFoundError
 from tenantry.queue import JobState
 from tenantry.queue.schema import jobs_table as J
-from tests.conftest import ALL_CASES
+from tests.conftest import ALL_CASES, TenantryFactory
 from tests.integration.queue.support import CASES, Env, EnvFactory, running, wait_until
 from tests.integration.queue.tenant_support import (
     JOB_TABLE_CASES,
@@ -221,6 +221,23 @@ async def test_a_worker_serves_tenants_created_after_it_started(
         )
     assert worker.tenant_stats["newco"].completed == 3
     assert compared(control_row(env, "newco")) == wanted_control(weight=2)
+
+
+async def test_a_refresh_sees_a_weight_changed_in_another_process(
+    make_env: EnvFactory, make_tenantry: TenantryFactory
+) -> None:
+    """The refresh re-reads only changed catalog entries: a change made elsewhere
+    (nothing invalidated here) is one of them, and the weight follows it."""
+    env = make_env("postgresql", "shared", timeline_registry(Timeline()), ("acme", "globex"))
+    worker = env.worker(refresh_interval=0.2)
+    async with running(worker):
+        await wait_until(lambda: worker._weights.get("acme") == 1, 10, what="the first refresh")
+        unchanged = worker._listed["globex"]
+        other = make_tenantry("postgresql", env.t.config)
+        await asyncio.to_thread(other.update_tenant, "acme", settings={"queue": {"weight": 4}})
+        await wait_until(lambda: worker._weights.get("acme") == 4, 10, what="the new weight")
+        assert worker._listed["globex"] is unchanged  # not re-read
+        assert worker._weights["globex"] == 1
 
 
 async def test_without_a_refresh_a_new_tenant_database_is_not_served(
