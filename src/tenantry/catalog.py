@@ -260,12 +260,11 @@ class Catalog:
 
     def status_cached(self, tenant_id: str) -> TenantStatus | None:
         """The tenant's status if an entry or the status listing is fresh; no database."""
-        now = self._clock()
+        entry = self.get_cached(tenant_id)
+        if entry is not None:
+            return entry.status
         with self._lock:
-            hit = self._cache.get(tenant_id)
-            if hit is not None and hit[0] > now:
-                return hit[1].status
-            if self._statuses_until > now:
+            if self._statuses_until > self._clock():
                 return self._statuses.get(tenant_id)
         return None
 
