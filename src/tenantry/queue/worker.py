@@ -82,11 +82,11 @@ LOAD_HALF_LIFE = 2.0
 ACK_MAX_DELAY = 0.05
 #: While places are free, claims come at least this often (see _claim_loop).
 CLAIM_INTERVAL = 0.02
-#: A worker serving at least this many tenants keeps all their catalog entries
-#: cached (see _maintenance): re-listed after this share of the cache's ttl...
+#: A worker serving at least this many tenants keeps all their statuses cached
+#: (see _catalog_prime_due): listed again after this share of the cache's ttl...
 CATALOG_PRIME_MIN_TENANTS = 64
 CATALOG_PRIME_SHARE = 0.6
-#: ...but listing the catalog takes at most this share of the time.
+#: ...but listing the statuses takes at most this share of the time.
 CATALOG_PRIME_MAX_LOAD = 0.05
 
 #: Exceptions that mean "the database is away", not "the job failed".
@@ -287,7 +287,7 @@ class Worker:
         self._ranked: dict[str, float] = {}  # see _heavy_loads
         self._ranked_until = 0.0
         self._weights: dict[str, int] = {}  # tenant -> fair-share weight (catalog)
-        self._listing_seconds = 0.0  # how long the last catalog listing took
+        self._listing_seconds = 0.0  # how long the last status listing took
         self._listed: dict[str, Tenant] = {}  # the catalog at the last refresh
         self._weight_of: dict[str, tuple[Tenant, int]] = {}  # weights, per catalog entry
         self._source_tenants: dict[str, list[str]] = {}  # source key -> its tenants, sorted
