@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from tenantry.queue import JobState
+from tenantry.queue.backends.base import QueueBackend
 from tenantry.queue.job import Job
 from tenantry.queue.sources import JobSource
 from tests.conftest import TenantryFactory
@@ -50,17 +51,16 @@ def _live(env: Env) -> dict[str, int]:
     return {state: n for state, n in env.counts("acme").items() if n}
 
 
-def _env(make_tenantry: TenantryFactory) -> Env:
+def _setup(make_tenantry: TenantryFactory) -> tuple[Env, JobSource, Engine, QueueBackend]:
+    """Five available jobs of acme, its job source, the claim engine and the backend."""
     env = build_env(make_tenantry, "postgresql", "shared", noop_registry())
     env.enqueue_many("acme", "record", [{"n": i} for i in range(5)])
-    return env
+    source = env.source("acme")
+    return env, source, source.claim_engine(), source.backend
 
 
 def test_a_claim_alone_is_committed_in_one_statement(make_tenantry: TenantryFactory) -> None:
-    env = _env(make_tenantry)
-    source = env.source("acme")
-    engine = source.claim_engine()
-    backend = source.backend
+    env, source, engine, backend = _setup(make_tenantry)
     assert backend.claims_in_one_statement(fair=False)
     assert not backend.claims_in_one_statement(fair=True)  # locks limited tenants first
     with backend.claim_connection(engine, alone=True) as conn:
@@ -78,10 +78,7 @@ def test_a_claim_alone_is_committed_in_one_statement(make_tenantry: TenantryFact
 def test_a_claim_with_acknowledgements_is_one_transaction(
     make_tenantry: TenantryFactory,
 ) -> None:
-    env = _env(make_tenantry)
-    source = env.source("acme")
-    engine = source.claim_engine()
-    backend = source.backend
+    env, source, engine, backend = _setup(make_tenantry)
     with backend.claim_connection(engine, alone=True) as conn:
         first = _claim(source, conn, limit=2)
 
@@ -102,10 +99,7 @@ def test_a_claim_with_acknowledgements_is_one_transaction(
 def test_a_failed_claim_alone_leaves_no_autocommitting_connection(
     make_tenantry: TenantryFactory,
 ) -> None:
-    env = _env(make_tenantry)
-    source = env.source("acme")
-    engine = source.claim_engine()
-    backend = source.backend
+    env, source, engine, backend = _setup(make_tenantry)
 
     # A statement the database refuses: the connection stays, back in transaction mode.
     def refused() -> None:
