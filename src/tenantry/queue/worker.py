@@ -83,11 +83,11 @@ ACK_MAX_DELAY = 0.05
 #: While places are free, claims come at least this often (see _claim_loop).
 CLAIM_INTERVAL = 0.02
 #: A worker serving at least this many tenants keeps all their statuses cached
-#: (see _catalog_prime_due): listed again after this share of the cache's ttl...
-CATALOG_PRIME_MIN_TENANTS = 64
-CATALOG_PRIME_SHARE = 0.6
+#: (see _status_listing_due): listed again after this share of the cache's ttl...
+STATUS_LISTING_MIN_TENANTS = 64
+STATUS_LISTING_SHARE = 0.6
 #: ...but listing the statuses takes at most this share of the time.
-CATALOG_PRIME_MAX_LOAD = 0.05
+STATUS_LISTING_MAX_LOAD = 0.05
 
 #: Exceptions that mean "the database is away", not "the job failed".
 DB_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, psycopg.Error, OSError)
@@ -1086,7 +1086,7 @@ class Worker:
         databases does not open a transaction in each of them twice a second.
         """
         last_refresh = time.monotonic()
-        last_prime = 0.0
+        last_statuses = 0.0
         last_rescue: dict[str, float] = {}
         idle: dict[str, tuple[float, float]] = {}
         tick = min(self.poll_interval, 0.5)
@@ -1097,10 +1097,10 @@ class Worker:
                 last_refresh = now
                 with contextlib.suppress(*DB_ERRORS):
                     await self._refresh_sources()
-            if self._catalog_prime_due(now - last_prime):
-                last_prime = now
+            if self._status_listing_due(now - last_statuses):
+                last_statuses = now
                 with contextlib.suppress(*DB_ERRORS):
-                    await self._list_catalog()
+                    await self._cache_statuses()
             for source in list(self._sources):
                 key = source.key
                 if not self._backoff.ready(key) or idle.get(key, (0.0, 0.0))[0] > now:
@@ -1130,7 +1130,7 @@ class Worker:
                     self._wake_source(key)
 
     # -- sources and wake-ups ---------------------------------------------------------
-    def _catalog_prime_due(self, since: float) -> bool:
+    def _status_listing_due(self, since: float) -> bool:
         """Whether to list the tenants' statuses now, to keep them cached.
 
         A job whose tenant's status is not cached waits for a catalog lookup
@@ -1139,16 +1139,16 @@ class Worker:
         seen within the cache's ttl, so most batches waited. A worker with
         many tenants lists every status (``Catalog.cache_statuses``) before
         the listing expires; with a catalog so large that listing it costs
-        more than ``CATALOG_PRIME_MAX_LOAD`` of the time, less often (and
+        more than ``STATUS_LISTING_MAX_LOAD`` of the time, less often (and
         batches warm their tenants as before).
         """
         ttl = self.tenantry.catalog.ttl
-        if ttl <= 0 or len(self._weights) < CATALOG_PRIME_MIN_TENANTS:
+        if ttl <= 0 or len(self._weights) < STATUS_LISTING_MIN_TENANTS:
             return False
-        every = max(ttl * CATALOG_PRIME_SHARE, self._listing_seconds / CATALOG_PRIME_MAX_LOAD)
+        every = max(ttl * STATUS_LISTING_SHARE, self._listing_seconds / STATUS_LISTING_MAX_LOAD)
         return since >= every
 
-    async def _list_catalog(self) -> None:
+    async def _cache_statuses(self) -> None:
         started = time.perf_counter()
         await self._offload(self.tenantry.catalog.cache_statuses)
         self._listing_seconds = time.perf_counter() - started

@@ -120,9 +120,9 @@ async def test_a_worker_with_many_tenants_keeps_their_statuses_cached(
 ) -> None:
     """Jobs start without a catalog lookup, and a suspension still stops them.
 
-    (Two tenants stand for the thousands ``CATALOG_PRIME_MIN_TENANTS`` is for.)
+    (Two tenants stand for the thousands ``STATUS_LISTING_MIN_TENANTS`` is for.)
     """
-    monkeypatch.setattr(worker_module, "CATALOG_PRIME_MIN_TENANTS", 2)
+    monkeypatch.setattr(worker_module, "STATUS_LISTING_MIN_TENANTS", 2)
     rec = Recorder()
     env = make_env(backend, "shared", recording_registry(rec))
     catalog = env.t.catalog
