@@ -1,13 +1,14 @@
 """Every enqueue path stores the same values, however awkward the strings.
 
-A large standalone ``enqueue_many`` on PostgreSQL writes ``COPY`` text data
-that tenantry formats itself (escaping included); the other paths bind
-parameters. Each must store exactly what the caller gave, and all must agree.
+A large standalone ``enqueue_many`` on PostgreSQL writes binary ``COPY``
+data that tenantry encodes itself (lengths, integers, timestamps); the other
+paths bind parameters. Each must store exactly what the caller gave, and all must agree.
 """
 
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -121,6 +122,35 @@ def test_every_path_stores_awkward_payloads_exactly(queue: Queue, backend: str) 
     # Ids are returned in payload order, distinct.
     assert len({j.id for j in bulk}) == len(bulk)
     assert [j.id for j in bulk] == sorted(j.id for j in bulk)
+
+
+def test_bulk_stores_every_column_as_one_row_does(queue: Queue) -> None:
+    # Past and future, before and after 2000-01-01 (binary COPY's epoch), with microseconds.
+    whens = [
+        datetime(2041, 3, 4, 5, 6, 7, 891011, tzinfo=timezone(timedelta(hours=-5))),
+        datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
+    ]
+    for when in whens:
+        options: dict[str, Any] = {
+            "run_at": when,
+            "priority": -32768,
+            "max_attempts": 2**31 - 1,
+            "correlation_id": "corr ü\\t",
+        }
+        with tenant_context("acme"):
+            before = datetime.now(UTC)
+            bulk = queue.enqueue_many("doc", _docs(COPY_MIN_ROWS), **options)
+            one = queue.enqueue("doc", {"one": 1}, **options)
+        for job in (bulk[0], bulk[-1]):
+            got, ref = queue.get_job("acme", job.id), queue.get_job("acme", one.id)
+            assert got.scheduled_at == when
+            assert before <= got.created_at <= ref.created_at
+            columns = ("state", "priority", "max_attempts", "attempt", "errors", "queue", "kind")
+            assert {c: getattr(got, c) for c in columns} == {c: getattr(ref, c) for c in columns}
+            assert got.correlation_id == ref.correlation_id == options["correlation_id"]
+            assert (got.tenant_id, got.priority, got.max_attempts) == ("acme", -32768, 2**31 - 1)
+            assert got.state == (JobState.SCHEDULED if when > before else JobState.AVAILABLE)
 
 
 async def test_async_bulk_stores_awkward_payloads_exactly(queue: Queue) -> None:
