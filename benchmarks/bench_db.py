@@ -83,6 +83,25 @@ class Server:
         with self.connect() as conn, suppress(psycopg.errors.InsufficientPrivilege):
             conn.execute("CHECKPOINT")
 
+    def commit_rates(self, seconds: int) -> list[int]:
+        """Commits per second, second by second: one-row INSERTs, each its own transaction.
+
+        Every single-enqueue figure is mostly this: with ``fsync`` on, each
+        commit waits for its WAL flush, and how long that takes here moves
+        from second to second with the disk under the virtual machine. The
+        spread shows how far apart two runs of the same system can land.
+        """
+        with self.database("tbench_fsync") as db, self.connect(db) as conn:
+            conn.execute("CREATE TABLE t (n int)")
+            rates = []
+            for _ in range(seconds):
+                n, end = 0, time.perf_counter() + 1.0
+                while time.perf_counter() < end:
+                    conn.execute("INSERT INTO t VALUES (1)")
+                    n += 1
+                rates.append(n)
+        return rates
+
     def scalar(self, dbname: str, sql: str) -> Any:
         with self.connect(dbname) as conn:
             row = conn.execute(sql).fetchone()

@@ -344,7 +344,9 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def targets(
-    rows: dict[str, Row], jitter: dict[str, float] | None = None
+    rows: dict[str, Row],
+    jitter: dict[str, float] | None = None,
+    commits: list[int] | None = None,
 ) -> tuple[list[Target], list[str]]:
     """The issue's targets (tenantry at its best settings vs the fastest peer), and notes."""
     out: list[Target] = []
@@ -393,6 +395,13 @@ def targets(
         notes.append(
             f"machine jitter: ~2 ms of Python work every 20 ms took {jitter['p50']:.1f} ms at "
             f"p50, {jitter['p99']:.1f} ms at p99, {jitter['max']:.1f} ms at most (cpu_jitter)"
+        )
+    if commits:
+        ranked = sorted(commits)
+        notes.append(
+            f"machine commit rate (one-row INSERTs, each committed, {len(ranked)} one-second"
+            f" windows): {ranked[0]:,}-{ranked[-1]:,} per second, median"
+            f" {ranked[len(ranked) // 2]:,}; single enqueue moves with it"
         )
     empty = rows["tenantry-10"].median("proc1") if "tenantry-10" in rows else None
     grown = rows["tenantry-growth"].median("proc1") if "tenantry-growth" in rows else None
@@ -530,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     server = Server(args.url)
     info = machine_info(server, args.peers_python if any(s.peer for s in specs) else None)
     info["cpu_jitter_ms"] = cpu_jitter(50 if args.smoke else 400)
+    info["commits_per_second"] = server.commit_rates(2 if args.smoke else 10)
     runner = Runner(server, sys.executable, args.peers_python)
     p = Plan(runner, sizes)
     p.build(specs, runs, extras, with_ceiling)
@@ -568,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(fsync={info['postgresql_settings']['fsync']}, "
         f"synchronous_commit={info['postgresql_settings']['synchronous_commit']})"
     )
-    goals, notes = targets(rows, info["cpu_jitter_ms"])
+    goals, notes = targets(rows, info["cpu_jitter_ms"], info["commits_per_second"])
     for t in goals:
         mark = {True: "[green]met[/]   ", False: "[red]MISSED[/]", None: "[dim]n/a[/]   "}[t.met]
         console.print(f"{mark} {t.name}: {t.detail}")

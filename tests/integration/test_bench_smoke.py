@@ -47,6 +47,10 @@ def test_bench_smoke_runs_and_verifies(pg_server: str, tmp_path: Path) -> None:
     jitter = result["machine"]["cpu_jitter_ms"]
     assert 0 < jitter["p50"] <= jitter["p99"] <= jitter["max"]
     assert any(n.startswith("machine jitter:") for n in result["notes"])
+    commits = result["machine"]["commits_per_second"]
+    assert len(commits) == 2
+    assert all(n > 0 for n in commits)
+    assert any(n.startswith("machine commit rate") for n in result["notes"])
     rows = result["rows"]
     assert set(rows) == set(EXPECTED)
     for key, figures in EXPECTED.items():
