@@ -144,7 +144,7 @@ def test_bulk_stores_every_column_as_one_row_does(queue: Queue) -> None:
             one = queue.enqueue("doc", {"one": 1}, **options)
         for job in (bulk[0], bulk[-1]):
             got, ref = queue.get_job("acme", job.id), queue.get_job("acme", one.id)
-            assert got.scheduled_at == when
+            assert got.scheduled_at == ref.scheduled_at == when
             assert before <= got.created_at <= ref.created_at
             columns = ("state", "priority", "max_attempts", "attempt", "errors", "queue", "kind")
             assert {c: getattr(got, c) for c in columns} == {c: getattr(ref, c) for c in columns}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -28,7 +29,7 @@ from tenantry import (
     tenant_context,
 )
 from tenantry.queue import JobState
-from tenantry.queue.backends.postgres import CHANNEL
+from tenantry.queue.backends.postgres import CHANNEL, _text_params
 from tests.conftest import TenantryFactory
 from tests.integration.queue.handlers import noop_registry
 from tests.integration.queue.support import Env, EnvFactory, build_env
@@ -179,6 +180,46 @@ def test_standalone_errors_keep_their_types_and_the_pool_its_connection(
     env.t.resume_tenant("acme")
     env.enqueue("acme", "record", {"n": 3})
     assert sorted(j.payload["n"] for j in env.queue.list_jobs(tenant_id="acme")) == [0, 3]
+
+
+def _prepared_on(engine: Engine) -> set[str]:
+    """Names of the statements prepared on the connection the pool hands out next."""
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert isinstance(raw, psycopg.Connection)
+        return {r[0] for r in raw.execute("SELECT name FROM pg_prepared_statements")}
+
+
+def test_one_job_goes_in_through_tenantry_s_prepared_statement_and_survives_its_loss(
+    make_tenantry: TenantryFactory,
+) -> None:
+    env = build_env(make_tenantry, "postgresql", "shared", noop_registry())
+    engine = env.source("acme").enqueue_engine()
+    first = env.enqueue("acme", "record", {"n": 1}, correlation_id="ü\t\\")
+    assert "tenantry_enqueue_one" in _prepared_on(engine)
+    # Whatever drops the connection's prepared statements (DISCARD ALL from a
+    # pooler's reset, say), the next enqueue prepares it again.
+    with engine.connect() as conn:
+        conn.exec_driver_sql("DEALLOCATE ALL")
+        conn.commit()
+    assert "tenantry_enqueue_one" not in _prepared_on(engine)
+    second = env.enqueue("acme", "record", {"n": 2})
+    assert "tenantry_enqueue_one" in _prepared_on(engine)
+    assert env.job("acme", first.id).correlation_id == "ü\t\\"
+    assert [env.job("acme", j.id).payload["n"] for j in (first, second)] == [1, 2]
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert not _pooled_autocommit(engine)
+
+
+def test_text_parameters_refuse_nul_and_write_timestamps_in_iso_8601() -> None:
+    when = datetime(2031, 2, 3, 4, 5, 6, 7, tzinfo=UTC)
+    assert _text_params(["a", 7, None, when], "utf-8") == [
+        b"a",
+        b"7",
+        None,
+        b"2031-02-03T04:05:06.000007+00:00",
+    ]
+    assert _text_params(["ok", "n\x00ul"], "utf-8") is None  # psycopg's path refuses it
 
 
 async def test_async_standalone_errors_keep_their_types(make_env: EnvFactory) -> None:
