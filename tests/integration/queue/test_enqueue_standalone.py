@@ -211,6 +211,22 @@ def test_one_job_goes_in_through_tenantry_s_prepared_statement_and_survives_its_
     assert not _pooled_autocommit(engine)
 
 
+def test_a_connection_told_not_to_prepare_prepares_nothing(
+    make_tenantry: TenantryFactory,
+) -> None:
+    env = build_env(make_tenantry, "postgresql", "shared", noop_registry())
+    engine = env.source("acme").enqueue_engine()
+
+    @event.listens_for(engine, "connect")
+    def no_prepare(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.prepare_threshold = None  # as behind a transaction-mode pooler
+
+    engine.dispose()
+    jobs = [env.enqueue("acme", "record", {"n": i}) for i in range(8)]
+    assert _prepared_on(engine) == set()
+    assert [env.job("acme", j.id).payload["n"] for j in jobs] == list(range(8))
+
+
 def test_text_parameters_refuse_nul_and_write_timestamps_in_iso_8601() -> None:
     when = datetime(2031, 2, 3, 4, 5, 6, 7, tzinfo=UTC)
     assert _text_params(["a", 7, None, when], "utf-8") == [
