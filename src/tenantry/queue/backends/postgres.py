@@ -298,7 +298,7 @@ def _binary_field(kind: str, value: Any, encoding: str) -> bytes:
             ">q", (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
         )
     elif kind == "jsonb":
-        data = b"\x01" + (value if isinstance(value, bytes) else json.dumps(value).encode())
+        data = b"\x01" + json.dumps(value).encode()
     else:  # pragma: no cover - _BULK_COLUMNS names only the kinds above
         raise AssertionError(f"no binary COPY format for {kind}")
     return struct.pack(">i", len(data)) + data
@@ -551,23 +551,24 @@ def _insert_one(fairy: Any, raw: psycopg.Connection[Any], values: list[bytes | N
     while it waits, as psycopg does. The connection is idle (not in a
     transaction), so the statement commits on its own.
     """
-    pgconn = raw.pgconn
-    for attempt in range(2):
-        if not fairy.info.get(_ONE_PREPARED):
-            prepared = pgconn.prepare(_ONE_NAME, _ONE_SQL.encode())
-            if prepared.status != psycopg.pq.ExecStatus.COMMAND_OK:
-                raise _result_error(prepared, raw)
-            fairy.info[_ONE_PREPARED] = True
-        # None is NULL to libpq, as psycopg's own calls pass it; the stub omits it.
-        result = pgconn.exec_prepared(_ONE_NAME, values)  # type: ignore[arg-type]
-        if result.status == psycopg.pq.ExecStatus.TUPLES_OK:
-            return int(result.get_value(0, 0) or b"")
-        state = result.error_field(psycopg.pq.DiagnosticField.SQLSTATE)
-        if state == b"26000" and attempt == 0:  # deallocated (DISCARD ALL): prepare again
-            fairy.info.pop(_ONE_PREPARED, None)
-            continue
+    if not fairy.info.get(_ONE_PREPARED):
+        _prepare_one(fairy, raw)
+    # None is NULL to libpq, as psycopg's own calls pass it; the stub omits it.
+    result = raw.pgconn.exec_prepared(_ONE_NAME, values)  # type: ignore[arg-type]
+    if result.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"26000":
+        # Deallocated under us (DISCARD ALL, say): prepare it again, once.
+        _prepare_one(fairy, raw)
+        result = raw.pgconn.exec_prepared(_ONE_NAME, values)  # type: ignore[arg-type]
+    if result.status != psycopg.pq.ExecStatus.TUPLES_OK:
         raise _result_error(result, raw)
-    raise AssertionError("unreachable")  # pragma: no cover
+    return int(result.get_value(0, 0) or b"")
+
+
+def _prepare_one(fairy: Any, raw: psycopg.Connection[Any]) -> None:
+    prepared = raw.pgconn.prepare(_ONE_NAME, _ONE_SQL.encode())
+    if prepared.status != psycopg.pq.ExecStatus.COMMAND_OK:
+        raise _result_error(prepared, raw)
+    fairy.info[_ONE_PREPARED] = True
 
 
 def _queues_of(rows: Sequence[Mapping[str, Any]]) -> set[str]:
