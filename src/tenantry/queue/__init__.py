@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from tenantry.queue.client import EnqueuedJob, Queue
+from tenantry.queue.client import Queue
 from tenantry.queue.context import JobContext
 from tenantry.queue.control import QueueSettings
+from tenantry.queue.enqueued import EnqueuedJob, EnqueuedJobs
 from tenantry.queue.job import Job, JobState
 from tenantry.queue.registry import Handler, JobRegistry
 from tenantry.queue.retry import RetryPolicy
@@ -19,6 +20,7 @@ from tenantry.queue.worker import (
 
 __all__ = [
     "EnqueuedJob",
+    "EnqueuedJobs",
     "Handler",
     "Job",
     "JobContext",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +34,7 @@ from tenantry.logs import get_logger
 from tenantry.queue import control
 from tenantry.queue.backends import Inserted, backend_for, ensure_queue_schema, ensure_store_queue
 from tenantry.queue.backends.base import Created, NewJobs
+from tenantry.queue.enqueued import EnqueuedJob, EnqueuedJobs
 from tenantry.queue.job import FINISHED_STATES, PENDING_STATES, Job, JobState, utcnow
 from tenantry.queue.registry import NUL_REFUSED, JobRegistry
 from tenantry.queue.schema import jobs_table as J
@@ -47,38 +47,6 @@ if TYPE_CHECKING:
     from tenantry.core import Tenantry
 
 log = get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class EnqueuedJob:
-    id: int
-    tenant_id: str
-    kind: str
-    queue: str
-    state: JobState
-    created: bool  # False when an unfinished job with the same idempotency key was returned
-
-    @classmethod
-    def _created(
-        cls, ids: Sequence[int], tenant_id: str, kind: str, queue: str, state: JobState
-    ) -> list[EnqueuedJob]:
-        """One new job per id, all alike but for it: a large ``enqueue_many``'s answer.
-
-        Filled in place of the frozen ``__init__``, whose six guarded
-        ``object.__setattr__`` calls cost 60 ms of a 20,000-job enqueue (a
-        fifth of the COPY), three times this. The instances are the same.
-        """
-        shared: dict[str, object] = {"tenant_id": tenant_id, "kind": kind, "queue": queue}
-        shared.update(state=state, created=True)
-        new = object.__new__
-        jobs = []
-        for job_id in ids:
-            job = new(cls)
-            fields = job.__dict__
-            fields["id"] = job_id
-            fields.update(shared)
-            jobs.append(job)
-        return jobs
 
 
 _STATES = {s.value: s for s in JobState}  # JobState(value) costs microseconds per row
@@ -189,20 +157,20 @@ class Queue:
         }
         return NewJobs(common, values, handler)
 
-    def _write(self, conn: Connection, rows: NewJobs) -> list[EnqueuedJob]:
+    def _write(self, conn: Connection, rows: NewJobs) -> Sequence[EnqueuedJob]:
         """Write through the caller's connection, in the caller's transaction."""
         backend = backend_for(conn.dialect.name)
         return self._enqueued(rows, backend.write_jobs(conn, rows))
 
     @staticmethod
-    def _enqueued(rows: NewJobs, inserted: Sequence[Inserted]) -> list[EnqueuedJob]:
+    def _enqueued(rows: NewJobs, inserted: Sequence[Inserted]) -> Sequence[EnqueuedJob]:
         if isinstance(inserted, Created) or all(i.created for i in inserted):
             # The common case: every job as requested, so from the shared columns.
             ids = inserted.ids if isinstance(inserted, Created) else [i.id for i in inserted]
             if len(ids) != len(rows):
                 raise RuntimeError(f"{len(rows)} jobs written but {len(ids)} ids returned")
             common = rows.common
-            return EnqueuedJob._created(
+            return EnqueuedJobs(
                 ids, common["tenant_id"], common["kind"], common["queue"], _STATES[common["state"]]
             )
         # A deduplicated enqueue reports the existing job as it is, not the request.
@@ -265,7 +233,7 @@ class Queue:
         session: Session | None = None,
         connection: Connection | None = None,
         **options: Any,
-    ) -> list[EnqueuedJob]:
+    ) -> Sequence[EnqueuedJob]:
         """Enqueue many jobs of one kind with a single multi-row INSERT."""
         tenant_id, rows = self._prepare(kind, payloads, options)
         if not rows:
@@ -312,7 +280,7 @@ class Queue:
         session: AsyncSession | None = None,
         connection: AsyncConnection | None = None,
         **options: Any,
-    ) -> list[EnqueuedJob]:
+    ) -> Sequence[EnqueuedJob]:
         tenant_id, rows = self._prepare(kind, payloads, options)
         if not rows:
             return []

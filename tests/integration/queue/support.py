@@ -41,7 +41,7 @@ class Env:
 
     def enqueue_many(
         self, tenant_id: str, kind: str, payloads: Sequence[Any], **options: Any
-    ) -> list[EnqueuedJob]:
+    ) -> Sequence[EnqueuedJob]:
         with tenant_context(tenant_id):
             return self.queue.enqueue_many(kind, payloads, **options)
 
