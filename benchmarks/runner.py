@@ -110,8 +110,13 @@ SPECS: dict[str, Spec] = {
         Spec("pgqueuer-defaults", "pgqueuer 1.6.0 (library defaults)", PGQUEUER, "defaults"),
         Spec("procrastinate", "procrastinate 3.10.0 (10 slots)", PROCRASTINATE, "10"),
         Spec("chancy", "chancy 0.26.0 (10 slots)", CHANCY, "10"),
+        # For tuning only (not in the default rows): Worker keyword arguments
+        # as JSON in TENANTRY_BENCH_WORKER_OPTS.
+        Spec("tenantry-custom", "tenantry (TENANTRY_BENCH_WORKER_OPTS)", TENANTRY, "custom"),
     ]
 }
+#: The rows ``make bench`` shows.
+DEFAULT_ROWS = [k for k in SPECS if k != "tenantry-custom"]
 
 
 class RunFailed(Exception):

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ceiling
 from bench_db import Server
-from runner import SPECS, Outcome, Runner, Spec, peer_versions, run_guarded
+from runner import DEFAULT_ROWS, SPECS, Outcome, Runner, Spec, peer_versions, run_guarded
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_URL = os.environ.get(
@@ -524,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) is not None:
             setattr(sizes, name, getattr(args, name))
     runs = args.runs or (1 if args.smoke else 3)
-    default = "tenantry-10,tenantry-best" if args.smoke else ",".join(SPECS)
+    default = "tenantry-10,tenantry-best" if args.smoke else ",".join(DEFAULT_ROWS)
     keys = [k.strip() for k in (args.systems or default).split(",") if k.strip()]
     unknown = [k for k in keys if k not in SPECS]
     if unknown:

@@ -45,9 +45,11 @@ BENCH_TENANT = "bench"
 #: Worker settings per profile (keyword arguments of ``Worker``).
 PROFILES: dict[str, dict[str, Any]] = {
     "10": {"concurrency": 10},
-    # Highest no-op throughput in a sweep here (concurrency 10-200, prefetch
-    # 10-400, fair on/off); one tenant, so fair claiming buys nothing.
-    "best": {"concurrency": 50, "prefetch": 200, "fair": False},
+    # Highest no-op throughput in sweeps here (concurrency 10-300, prefetch
+    # 10-1200, fair on/off; docs/performance.md); one tenant, so fair
+    # claiming buys nothing. Larger batches: fewer claim rounds, each of
+    # which costs a commit and several round trips whatever its size.
+    "best": {"concurrency": 100, "prefetch": 800, "fair": False},
     # For tuning: Worker keyword arguments as JSON in TENANTRY_BENCH_WORKER_OPTS.
     "custom": json.loads(os.environ.get("TENANTRY_BENCH_WORKER_OPTS", "{}")),
 }
