@@ -738,6 +738,7 @@ def worker(
         shutdown_grace=grace,
         poll_interval=poll,
         fair=fair,
+        freeze_gc=True,  # this process runs the worker: see Worker.freeze_gc
     )
     Queue(tenantry, registry).setup()
     asyncio.run(runner.run(install_signals=True))
@@ -896,7 +897,12 @@ def serve(
         registry,
         settings=settings,
         run_worker=not no_worker,
-        worker_options={"concurrency": concurrency, "shutdown_grace": grace, "poll_interval": poll},
+        worker_options={
+            "concurrency": concurrency,
+            "shutdown_grace": grace,
+            "poll_interval": poll,
+            "freeze_gc": True,  # this process is the service's: see Worker.freeze_gc
+        },
     )
     try:
         sock = serving.bind(host, port)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -368,3 +369,24 @@ async def test_freed_slots_start_buffered_jobs_while_a_claim_is_under_way(
     # before the slow second claim returned.
     during = [t for t in started if first_back <= t < second_back]
     assert len(during) >= 22, (len(during), len(started))
+
+
+async def test_freeze_gc_freezes_the_heap_only_when_asked(
+    make_env: EnvFactory, backend: str
+) -> None:
+    """``freeze_gc`` is process-wide: the default leaves the collector alone."""
+    rec = Recorder()
+    env = make_env(backend, "shared", recording_registry(rec))
+    gc.unfreeze()
+    try:
+        async with running(env.worker()):
+            env.enqueue("acme", "work", {"key": "plain"})
+            await wait_until(lambda: rec.total() == 1, 10)
+        assert gc.get_freeze_count() == 0
+        async with running(env.worker(freeze_gc=True)):
+            env.enqueue("acme", "work", {"key": "frozen"})
+            await wait_until(lambda: rec.total() == 2, 10)
+            # Frozen when it started: modules and all, far more than a job's objects.
+            assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()  # the test process carries on as it was
