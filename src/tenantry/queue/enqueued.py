@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import overload
+from typing import TypeVar, overload
 
 from tenantry.queue.job import JobState
 
@@ -19,7 +19,41 @@ class EnqueuedJob:
     created: bool  # False when an unfinished job with the same idempotency key was returned
 
 
-class EnqueuedJobs(Sequence[EnqueuedJob]):
+T = TypeVar("T")
+
+
+class ByIds(Sequence[T]):
+    """A sequence of items made from job ids when read, not up front.
+
+    Answers to a large write hold thousands of jobs that differ only in
+    their ids; making an object per job is most of what answering costs.
+    """
+
+    __slots__ = ("_ids",)
+
+    def __init__(self, ids: Sequence[int]) -> None:
+        self._ids = ids
+
+    def _item(self, job_id: int) -> T:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[T]: ...
+    def __getitem__(self, index: int | slice) -> T | list[T]:
+        if isinstance(index, slice):
+            return [self._item(i) for i in self._ids[index]]
+        return self._item(self._ids[index])
+
+    def __iter__(self) -> Iterator[T]:
+        return map(self._item, self._ids)
+
+
+class EnqueuedJobs(ByIds[EnqueuedJob]):
     """The jobs one ``enqueue_many`` created, alike but for their ids.
 
     Each ``EnqueuedJob`` is built when it is read, not up front: answering a
@@ -30,12 +64,12 @@ class EnqueuedJobs(Sequence[EnqueuedJob]):
     same jobs.
     """
 
-    __slots__ = ("_ids", "_kind", "_queue", "_state", "_tenant_id")
+    __slots__ = ("_kind", "_queue", "_state", "_tenant_id")
 
     def __init__(
         self, ids: Sequence[int], tenant_id: str, kind: str, queue: str, state: JobState
     ) -> None:
-        self._ids = ids
+        super().__init__(ids)
         self._tenant_id = tenant_id
         self._kind = kind
         self._queue = queue
@@ -45,23 +79,8 @@ class EnqueuedJobs(Sequence[EnqueuedJob]):
     def ids(self) -> list[int]:
         return list(self._ids)
 
-    def _job(self, job_id: int) -> EnqueuedJob:
+    def _item(self, job_id: int) -> EnqueuedJob:
         return EnqueuedJob(job_id, self._tenant_id, self._kind, self._queue, self._state, True)
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    @overload
-    def __getitem__(self, index: int) -> EnqueuedJob: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[EnqueuedJob]: ...
-    def __getitem__(self, index: int | slice) -> EnqueuedJob | list[EnqueuedJob]:
-        if isinstance(index, slice):
-            return [self._job(i) for i in self._ids[index]]
-        return self._job(self._ids[index])
-
-    def __iter__(self) -> Iterator[EnqueuedJob]:
-        return map(self._job, self._ids)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, EnqueuedJobs | list):

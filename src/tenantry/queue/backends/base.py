@@ -31,6 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tenantry.queue.enqueued import ByIds
 from tenantry.queue.fairness import interleave
 from tenantry.queue.job import PENDING_STATES, Job, JobState, utcnow
 from tenantry.queue.registry import Handler
@@ -47,32 +48,21 @@ class Inserted:
     existing: dict[str, Any] | None = None  # kind, queue, state of that existing job
 
 
-class Created(Sequence[Inserted]):
+class Created(ByIds[Inserted]):
     """Jobs just inserted, by id: each reads as ``Inserted(id, True)``, made when read.
 
     A bulk write returns thousands of these and the client needs only the
     ids (``ids``), so no object is made per job on the way.
     """
 
-    __slots__ = ("ids",)
+    __slots__ = ()
 
-    def __init__(self, ids: list[int]) -> None:
-        self.ids = ids
+    @property
+    def ids(self) -> Sequence[int]:
+        return self._ids
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @overload
-    def __getitem__(self, index: int) -> Inserted: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[Inserted]: ...
-    def __getitem__(self, index: int | slice) -> Inserted | list[Inserted]:
-        if isinstance(index, slice):
-            return [Inserted(i, True) for i in self.ids[index]]
-        return Inserted(self.ids[index], True)
-
-    def __iter__(self) -> Iterator[Inserted]:
-        return (Inserted(i, True) for i in self.ids)
+    def _item(self, job_id: int) -> Inserted:
+        return Inserted(job_id, True)
 
 
 class NewJobs(Sequence[dict[str, Any]]):
