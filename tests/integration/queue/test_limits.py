@@ -9,9 +9,11 @@ tenant that does break the same bound, so the check can fail.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -19,6 +21,8 @@ from sqlalchemy import select
 
 from tenantry import ConfigError, TenantNotFoundError, Tenantry, tenant_context
 from tenantry.queue import JobState, Queue
+from tenantry.queue.backends import sqlite as sqlite_backend
+from tenantry.queue.job import as_utc, utcnow
 from tests.conftest import TenantryFactory
 from tests.integration.faults.conftest import FleetFactory
 from tests.integration.faults.conftest import make_fleet as make_fleet  # the fixture
@@ -148,14 +152,38 @@ async def test_max_running_holds_across_two_workers(
 
 
 @SHARED_BACKENDS
+def test_a_rate_limited_start_is_stamped_when_its_token_was_drawn(
+    make_tenantry: TenantryFactory, backend: str, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``attempted_at`` is the instant the bucket was read (its ``refilled_at``),
+    however long the claim's queries took after it. A fake clock that moves on
+    a second at every reading makes that gap show on SQLite; PostgreSQL's
+    ``now()`` is one instant per statement anyway."""
+    env = build_env(make_tenantry, backend, mode, noop_registry(), ("acme",))
+    env.t.update_tenant("acme", settings={"queue": {"rate": 0.001, "burst": 2}})
+    env.enqueue_many("acme", "record", [{"n": 1}, {"n": 2}])
+    start, ticks = utcnow(), itertools.count()
+    monkeypatch.setattr(sqlite_backend, "utcnow", lambda: start + timedelta(seconds=next(ticks)))
+    claimed = _claim(env, "acme")
+    assert len(claimed) == 2
+    row = control_row(env, "acme")
+    assert row is not None
+    refilled = as_utc(row["refilled_at"])
+    assert refilled is not None
+    assert {as_utc(env.job("acme", i).attempted_at) for i in claimed} == {refilled}
+
+
+@SHARED_BACKENDS
 async def test_rate_limit_spaces_the_starts(make_env: EnvFactory, backend: str, mode: str) -> None:
     """Starts are claims (the bucket is drawn when a job is claimed): their
-    ``attempted_at``. On SQLite that is stamped a little after the instant the
-    bucket was read (both process clock), hence a slack, smaller than one
-    start's worth: a burst of 2 instead of 1 still fails the check."""
+    ``attempted_at``, stamped with the instant the bucket was read (on
+    PostgreSQL the statement's ``now()``, on SQLite the claim's one clock
+    reading). The slack only absorbs microsecond rounding: a start stamped
+    when its claim's queries were done, not when its token was drawn, failed
+    this under load (two starts 5 ms apart)."""
     timeline = Timeline()
     env = make_env(backend, mode, timeline_registry(timeline), ("acme", "globex"))
-    rate, burst, slack = 4.0, 1, 0.15
+    rate, burst, slack = 4.0, 1, 0.001
     env.t.update_tenant("acme", settings={"queue": {"rate": rate, "burst": burst}})
     for tenant_id in env.tenants:
         env.enqueue_many(tenant_id, "work", [{"n": i} for i in range(10)])

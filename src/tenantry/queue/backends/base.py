@@ -379,15 +379,29 @@ class QueueBackend:
         raise NotImplementedError
 
     def mark_claimed(
-        self, conn: Connection, where: ColumnElement[bool], *, worker_id: str, lease_seconds: float
+        self,
+        conn: Connection,
+        where: ColumnElement[bool],
+        *,
+        worker_id: str,
+        lease_seconds: float,
+        started_at: datetime | None = None,
     ) -> list[Job]:
+        """Move the rows to running; *started_at*: the instant a rate limit counted them at.
+
+        A claim that draws rate-limit tokens stamps its starts with the
+        instant the bucket was read: a fresh clock reading here came later by
+        however long the claim's queries took in between (under load, more
+        than a token's worth), and starts then looked closer together than
+        the bucket let them be.
+        """
         stmt = (
             update(J)
             .where(where)
             .values(
                 state=JobState.RUNNING.value,
                 attempt=J.c.attempt + 1,
-                attempted_at=self.now(),
+                attempted_at=self.now() if started_at is None else started_at,
                 lease_expires_at=self.now_plus(lease_seconds),
                 lease_token=str(uuid.uuid4()),
                 worker_id=worker_id,

@@ -236,7 +236,11 @@ class SqliteBackend(QueueBackend):
         if not ids:
             return []
         jobs = self.mark_claimed(
-            conn, J.c.id.in_(ids), worker_id=worker_id, lease_seconds=lease_seconds
+            conn,
+            J.c.id.in_(ids),
+            worker_id=worker_id,
+            lease_seconds=lease_seconds,
+            started_at=now,  # the instant the buckets were read at
         )
         for tenant_id, level in levels.items():
             started = quota.get(tenant_id, 0)
