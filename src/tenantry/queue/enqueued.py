@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar, overload
@@ -34,8 +35,9 @@ class ByIds(Sequence[T]):
     def __init__(self, ids: Sequence[int]) -> None:
         self._ids = ids
 
+    @abstractmethod
     def _item(self, job_id: int) -> T:
-        raise NotImplementedError
+        """The item that stands for *job_id*."""
 
     def __len__(self) -> int:
         return len(self._ids)
