@@ -72,9 +72,9 @@ from sqlalchemy import Table as SaTable
 from sqlalchemy.engine import make_url
 
 from tenantry import Tenantry, TenantryConfig, tenant_metadata
-from tenantry.isolation import strategy_for
-from tenantry.migrations.runner import Migrator, Outcome
-from tenantry.migrations.scaffold import scaffold
+from tenantry.lifecycle.migrations.runner import Migrator, Outcome
+from tenantry.lifecycle.migrations.scaffold import scaffold
+from tenantry.tenancy.isolation import strategy_for
 
 ROWS_PER_TENANT = 50
 PROVISION_TABLES = 30
@@ -360,7 +360,7 @@ class Writer:
 
 def moving(server_url: str, rows: int, jobs: int, console: Console) -> dict[str, Any]:
     from tenantry import JobRegistry, Queue, StoreConfig, tenant_context
-    from tenantry.move import move_tenant
+    from tenantry.lifecycle.move import move_tenant
 
     registry = JobRegistry()
 

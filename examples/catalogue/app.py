@@ -3,15 +3,15 @@
 From the repository root::
 
     export TENANTRY_ADMIN_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')
-    MODELS=tenantry.demo_app.models:DemoBase
+    MODELS=tenantry.demo.models:DemoBase
     tenantry --models $MODELS tenants create acme
-    tenantry --models $MODELS serve --app tenantry.demo_app.jobs:registry &
+    tenantry --models $MODELS serve --app tenantry.demo.jobs:registry &
     uvicorn examples.catalogue.app:app --port 8001
 
     curl -X PUT -H 'X-Tenant-ID: acme' -H 'Content-Type: application/json' \\
          -d '{"name": "anvil", "price_cents": 1999}' http://127.0.0.1:8001/products/1
 
-The code is in :mod:`tenantry.demo_app` (models, job handler, FastAPI app), so
+The code is in :mod:`tenantry.demo` (models, job handler, FastAPI app), so
 that the installed ``tenantry demo`` command can run it too; this module only
 wires it to the configuration (``tenantry.toml``, ``TENANTRY_DATABASE_URL``
 or SQLite under ``./tenantry-data``, as for every tenantry command).
@@ -20,8 +20,8 @@ or SQLite under ``./tenantry-data``, as for every tenantry command).
 from __future__ import annotations
 
 from tenantry import Queue, Tenantry
-from tenantry.demo_app import DemoBase, registry
-from tenantry.demo_app.app import create_catalogue_app
+from tenantry.demo import DemoBase, registry
+from tenantry.demo.app import create_catalogue_app
 
 tenantry = Tenantry(tenant_metadata=DemoBase.metadata)
 queue = Queue(tenantry, registry)

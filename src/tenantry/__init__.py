@@ -2,17 +2,6 @@
 
 from __future__ import annotations
 
-from tenantry.catalog import IsolationMode, Tenant, TenantStatus
-from tenantry.config import StoreConfig, TenantryConfig, load_config
-from tenantry.context import (
-    TenantThreadPoolExecutor,
-    bind_context,
-    current_tenant,
-    current_tenant_or_none,
-    no_tenant,
-    tenant_context,
-)
-from tenantry.core import Tenantry
 from tenantry.errors import (
     ConfigError,
     CrossTenantAccessError,
@@ -34,9 +23,6 @@ from tenantry.errors import (
     UnknownJobKind,
     UnsupportedIsolation,
 )
-from tenantry.ids import validate_tenant_id
-from tenantry.logs import TenantContextFilter
-from tenantry.models import GlobalBase, TenantBase, TenantScoped, global_metadata, tenant_metadata
 from tenantry.queue import (
     Job,
     JobContext,
@@ -48,7 +34,27 @@ from tenantry.queue import (
     RetryPolicy,
     Worker,
 )
-from tenantry.session import ALL_TENANTS, TenantSession
+from tenantry.tenancy.catalog import IsolationMode, Tenant, TenantStatus
+from tenantry.tenancy.config import StoreConfig, TenantryConfig, load_config
+from tenantry.tenancy.context import (
+    TenantThreadPoolExecutor,
+    bind_context,
+    current_tenant,
+    current_tenant_or_none,
+    no_tenant,
+    tenant_context,
+)
+from tenantry.tenancy.ids import validate_tenant_id
+from tenantry.tenancy.logs import TenantContextFilter
+from tenantry.tenancy.models import (
+    GlobalBase,
+    TenantBase,
+    TenantScoped,
+    global_metadata,
+    tenant_metadata,
+)
+from tenantry.tenancy.session import ALL_TENANTS, TenantSession
+from tenantry.tenantry import Tenantry
 
 __version__ = "0.1.0"
 

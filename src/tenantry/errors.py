@@ -7,6 +7,12 @@ bare ``raise TenantNotSetError()`` still explains what went wrong.
 
 from __future__ import annotations
 
+import psycopg
+from sqlalchemy.exc import SQLAlchemyError
+
+#: A database that is away, not a bug: SQLAlchemy's and the driver's errors, and the OS's.
+DB_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, psycopg.Error, OSError)
+
 
 class TenantryError(Exception):
     """A tenantry operation failed."""

@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 import tenantry.cli.main as cli_main
 from tenantry import Tenantry, TenantryConfig
 from tenantry.cli.main import cli
-from tenantry.demo import DEMO_SETTING, DemoBase, run_demo
+from tenantry.demo.tour import DEMO_SETTING, DemoBase, run_demo
 
 #: Variables that change what the CLI reads or how rich renders; removed per test.
 _ENV_TO_CLEAR = (
@@ -256,7 +256,7 @@ def test_models_option_selects_the_provisioned_tables(invoke: Invoke, workdir: P
     ok(
         invoke(
             "--models",
-            "tenantry.demo:DemoBase",
+            "tenantry.demo.tour:DemoBase",
             "tenants",
             "create",
             "acme",

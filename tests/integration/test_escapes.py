@@ -19,7 +19,7 @@ from tenantry import (
     TenantryConfig,
     tenant_context,
 )
-from tenantry.config import load_config
+from tenantry.tenancy.config import load_config
 from tests.conftest import ALL_CASES, TenantryFactory
 from tests.models import Note, Plan
 

@@ -19,8 +19,8 @@ from tenantry import (
     TenantUnavailableError,
     tenant_context,
 )
-from tenantry.catalog import Catalog, Tenant, TenantStatus
-from tenantry.isolation import schema_name, strategy_for
+from tenantry.tenancy.catalog import Catalog, Tenant, TenantStatus
+from tenantry.tenancy.isolation import schema_name, strategy_for
 from tests.conftest import ALL_CASES, TenantryFactory
 from tests.models import Note
 from tests.unit.test_ids import HOSTILE

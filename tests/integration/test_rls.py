@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
 from tenantry import Tenantry, TenantryConfig, tenant_context
-from tenantry.config import StoreConfig
+from tenantry.tenancy.config import StoreConfig
 from tests.conftest import TenantryFactory
 
 pytestmark = pytest.mark.postgres

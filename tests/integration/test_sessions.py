@@ -17,7 +17,7 @@ from tenantry import (
     UnsupportedIsolation,
     tenant_context,
 )
-from tenantry.catalog import TenantStatus
+from tenantry.tenancy.catalog import TenantStatus
 from tests.conftest import ALL_CASES, TenantryFactory
 from tests.models import Note, Plan, Product, Review
 

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from tenantry import Tenantry
-from tenantry.stores import aretire, retire
+from tenantry.tenancy.store import aretire, retire
 from tests.conftest import TenantryFactory
 
 pytestmark = pytest.mark.postgres

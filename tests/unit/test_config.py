@@ -14,7 +14,7 @@ from tenantry import (
     TenantryConfig,
     load_config,
 )
-from tenantry.config import config_from_dict, expand_env, mask_url
+from tenantry.tenancy.config import config_from_dict, expand_env, mask_url
 
 
 def test_embedded_default_is_sqlite_under_data_dir(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from tenantry import (
     no_tenant,
     tenant_context,
 )
-from tenantry.catalog import IsolationMode, Tenant, TenantStatus
+from tenantry.tenancy.catalog import IsolationMode, Tenant, TenantStatus
 
 
 def test_no_tenant_raises_never_defaults() -> None:

@@ -4,7 +4,7 @@ import pytest
 
 from tenantry import InvalidTenantId, TenantryError, validate_tenant_id
 from tenantry.errors import InvalidIdentifierError
-from tenantry.ids import is_valid_tenant_id, validate_identifier
+from tenantry.tenancy.ids import is_valid_tenant_id, validate_identifier
 
 HOSTILE = [
     "",

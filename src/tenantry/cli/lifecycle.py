@@ -17,14 +17,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from tenantry.backup import backup_tenant
-from tenantry.catalog import IsolationMode
 from tenantry.cli.output import CliError, _echo_json, make_console
-from tenantry.ids import validate_tenant_id
-from tenantry.migrations.runner import Migrator, Outcome, Report, Result, TargetVersion
-from tenantry.migrations.scaffold import scaffold
-from tenantry.move import move_tenant
-from tenantry.transfer import export_tenant, import_tenant
+from tenantry.lifecycle.backup import backup_tenant
+from tenantry.lifecycle.migrations.runner import Migrator, Outcome, Report, Result, TargetVersion
+from tenantry.lifecycle.migrations.scaffold import scaffold
+from tenantry.lifecycle.move import move_tenant
+from tenantry.lifecycle.transfer import export_tenant, import_tenant
+from tenantry.tenancy.catalog import IsolationMode
+from tenantry.tenancy.ids import validate_tenant_id
 
 if TYPE_CHECKING:
     from tenantry.cli.main import CliState

@@ -4,7 +4,7 @@ Operators run this against production stores, often from scripts, so it keeps
 two promises. Every expected failure is one ``error: ...`` line on stderr with
 exit status 1 (2 for usage errors), never a traceback, so a script can report it
 and a human can act on it. And no password is ever printed: URLs go through
-:func:`tenantry.config.mask_url`, and any error text coming from a database
+:func:`tenantry.tenancy.config.mask_url`, and any error text coming from a database
 driver is scrubbed of the configured stores' passwords before it is shown.
 """
 
@@ -27,9 +27,12 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
-from tenantry.catalog import IsolationMode, Tenant, TenantStatus
 from tenantry.cli.output import CliError, CliUsageError, _echo_json, make_console
-from tenantry.config import (
+from tenantry.demo.tour import DemoBase, run_demo
+from tenantry.errors import TenantryError
+from tenantry.queue import JobRegistry, Queue, Worker
+from tenantry.tenancy.catalog import IsolationMode, Tenant, TenantStatus
+from tenantry.tenancy.config import (
     CONFIG_FILE_NAME,
     DEFAULT_DATA_DIR,
     DEFAULT_STORE,
@@ -38,12 +41,9 @@ from tenantry.config import (
     load_config,
     mask_url,
 )
-from tenantry.core import Tenantry, import_object
-from tenantry.demo import DemoBase, run_demo
-from tenantry.errors import TenantryError
-from tenantry.ids import validate_tenant_id
-from tenantry.logs import configure_logging, get_logger
-from tenantry.queue import JobRegistry, Queue, Worker
+from tenantry.tenancy.ids import validate_tenant_id
+from tenantry.tenancy.logs import configure_logging, get_logger
+from tenantry.tenantry import Tenantry, import_object
 
 log = get_logger(__name__)
 
@@ -557,7 +557,7 @@ def demo(
     if leaked:
         raise CliError(f"isolation check failed: {', '.join(leaked)} saw foreign rows")
     try:
-        from tenantry.demo_app.runner import run_catalogue_demo
+        from tenantry.demo.runner import run_catalogue_demo
     except ImportError as exc:
         raise CliError(
             f"the demo's app and service need the 'serve' extra ({exc.name} is missing): "

@@ -20,8 +20,6 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
-from tenantry.catalog import IsolationMode, Tenant
-from tenantry.context import current_tenant
 from tenantry.errors import (
     ConfigError,
     CrossTenantAccessError,
@@ -29,8 +27,6 @@ from tenantry.errors import (
     JobStateError,
     QueueUnavailableError,
 )
-from tenantry.ids import validate_tenant_id
-from tenantry.logs import get_logger
 from tenantry.queue import control
 from tenantry.queue.backends import Inserted, backend_for, ensure_queue_schema, ensure_store_queue
 from tenantry.queue.backends.base import Created, NewJobs
@@ -41,10 +37,14 @@ from tenantry.queue.schema import jobs_table as J
 from tenantry.queue.sources import JobSource, source_of
 from tenantry.queue.stats import QueueStats, TenantQueueStats
 from tenantry.queue.stats import collect as collect_stats
-from tenantry.session import TenantSession
+from tenantry.tenancy.catalog import IsolationMode, Tenant
+from tenantry.tenancy.context import current_tenant
+from tenantry.tenancy.ids import validate_tenant_id
+from tenantry.tenancy.logs import get_logger
+from tenantry.tenancy.session import TenantSession
 
 if TYPE_CHECKING:
-    from tenantry.core import Tenantry
+    from tenantry.tenancy.facade import Tenancy
 
 log = get_logger(__name__)
 
@@ -74,7 +74,7 @@ def _reported_unavailable() -> Iterator[None]:
 class Queue:
     """Enqueue jobs for the current tenant and operate on jobs of any tenant."""
 
-    def __init__(self, tenantry: Tenantry, registry: JobRegistry) -> None:
+    def __init__(self, tenantry: Tenancy, registry: JobRegistry) -> None:
         self.tenantry = tenantry
         self.registry = registry
         self._unknown_stores: set[str] = set()

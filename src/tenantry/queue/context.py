@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from tenantry.queue.job import Job
 
 if TYPE_CHECKING:
-    from tenantry.core import Tenantry
+    from tenantry.tenancy.facade import Tenancy
 
 
 @dataclass
@@ -22,7 +22,7 @@ class JobContext:
     """
 
     job: Job
-    tenantry: Tenantry
+    tenantry: Tenancy
     worker_id: str
     logger: logging.Logger
     session: Any = None

@@ -25,10 +25,10 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, select, update
 
-from tenantry.catalog import Tenant, TenantStatus
 from tenantry.errors import ConfigError
 from tenantry.queue.job import utcnow
 from tenantry.queue.schema import control_table
+from tenantry.tenancy.catalog import Tenant, TenantStatus
 
 #: The key in a tenant's catalog settings that holds its queue settings.
 SETTINGS_KEY = "queue"

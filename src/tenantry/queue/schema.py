@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 
-from tenantry.models import TENANTRY_SCHEMA
+from tenantry.tenancy.models import TENANTRY_SCHEMA
 
 queue_metadata = MetaData(schema=TENANTRY_SCHEMA)
 

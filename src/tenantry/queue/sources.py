@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tenantry.catalog import IsolationMode, Tenant
 from tenantry.queue.backends import QueueBackend, backend_for
-from tenantry.stores import Store
+from tenantry.tenancy.catalog import IsolationMode, Tenant
+from tenantry.tenancy.store import Store
 
 
 @dataclass(frozen=True)

@@ -40,18 +40,16 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 import psycopg
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError
 
-from tenantry.catalog import Tenant, TenantStatus
-from tenantry.context import tenant_context
 from tenantry.errors import (
+    DB_ERRORS,
     LeaseLostError,
     PayloadValidationError,
     TenantNotFoundError,
     TenantryError,
     UnknownJobKind,
 )
-from tenantry.logs import get_logger
 from tenantry.queue import control
 from tenantry.queue.backends.postgres import CHANNEL
 from tenantry.queue.backends.sqlite import wakeups
@@ -70,9 +68,12 @@ from tenantry.queue.job import Job, utcnow
 from tenantry.queue.registry import Handler, JobRegistry
 from tenantry.queue.retry import RetryPolicy
 from tenantry.queue.sources import JobSource
+from tenantry.tenancy.catalog import Tenant, TenantStatus
+from tenantry.tenancy.context import tenant_context
+from tenantry.tenancy.logs import get_logger
 
 if TYPE_CHECKING:
-    from tenantry.core import Tenantry
+    from tenantry.tenancy.facade import Tenancy
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -91,7 +92,6 @@ STATUS_LISTING_SHARE = 0.6
 STATUS_LISTING_MAX_LOAD = 0.05
 
 #: Exceptions that mean "the database is away", not "the job failed".
-DB_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, psycopg.Error, OSError)
 
 
 class JobTimeoutError(TenantryError, TimeoutError):
@@ -193,7 +193,7 @@ class Worker:
 
     def __init__(
         self,
-        tenantry: Tenantry,
+        tenantry: Tenancy,
         registry: JobRegistry,
         *,
         concurrency: int = 10,

@@ -21,14 +21,14 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
-from tenantry.catalog import IsolationMode, Tenant, TenantStatus
-from tenantry.context import tenant_context
 from tenantry.errors import AuthenticationError
-from tenantry.ids import TENANT_ID_PATTERN
 from tenantry.queue import Job, JobState
 from tenantry.queue.job import FINISHED_STATES
 from tenantry.service.state import ServiceState, service_of
-from tenantry.web.apikeys import ApiKey
+from tenantry.tenancy.apikeys import ApiKey
+from tenantry.tenancy.catalog import IsolationMode, Tenant, TenantStatus
+from tenantry.tenancy.context import tenant_context
+from tenantry.tenancy.ids import TENANT_ID_PATTERN
 
 MAX_JSON_DEPTH = 32
 MAX_OFFSET = 100_000

@@ -26,9 +26,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenantry import __version__
-from tenantry.core import Tenantry
 from tenantry.errors import TenantryError
-from tenantry.logs import get_logger
 from tenantry.queue import JobRegistry, Queue, Worker
 from tenantry.service import api, dashboard
 from tenantry.service.auth import Auth
@@ -37,6 +35,8 @@ from tenantry.service.metrics import CONTENT_TYPE, ServiceMetrics
 from tenantry.service.monitor import Monitor
 from tenantry.service.settings import ServiceSettings
 from tenantry.service.state import ServiceState, service_of
+from tenantry.tenancy.logs import get_logger
+from tenantry.tenantry import Tenantry
 
 log = get_logger(__name__)
 

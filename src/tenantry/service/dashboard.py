@@ -31,14 +31,14 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from tenantry.catalog import Tenant
 from tenantry.errors import AuthenticationError, TenantryError
-from tenantry.ids import validate_tenant_id
 from tenantry.queue import Job, JobState, TenantQueueStats
 from tenantry.service.auth import SESSION_COOKIE, DashboardSession
 from tenantry.service.chart import throughput_svg
 from tenantry.service.errors import status_for
 from tenantry.service.state import ServiceState, service_of
+from tenantry.tenancy.catalog import Tenant
+from tenantry.tenancy.ids import validate_tenant_id
 
 JobId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 PAGE_SIZE = 50

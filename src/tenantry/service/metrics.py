@@ -37,8 +37,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tenantry.catalog import Tenant, TenantStatus
 from tenantry.queue import Job, QueueStats
+from tenantry.tenancy.catalog import Tenant, TenantStatus
 
 OTHER = "_other"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

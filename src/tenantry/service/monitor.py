@@ -16,9 +16,9 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from tenantry.logs import get_logger
 from tenantry.queue import Queue, QueueStats
 from tenantry.queue.job import utcnow
+from tenantry.tenancy.logs import get_logger
 
 log = get_logger(__name__)
 

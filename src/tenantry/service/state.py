@@ -8,13 +8,13 @@ from typing import Any
 
 from starlette.requests import Request
 
-from tenantry.core import Tenantry
 from tenantry.errors import NoJobRegistryError
 from tenantry.queue import JobRegistry, Queue, Worker
 from tenantry.service.auth import Auth
 from tenantry.service.metrics import ServiceMetrics
 from tenantry.service.monitor import Monitor
 from tenantry.service.settings import ServiceSettings
+from tenantry.tenantry import Tenantry
 
 
 @dataclass

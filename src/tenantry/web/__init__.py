@@ -6,7 +6,7 @@ because it needs FastAPI); ``JWTResolver`` needs PyJWT only when one is built.
 
 from __future__ import annotations
 
-from tenantry.web.apikeys import ApiKey, ApiKeys, IssuedApiKey
+from tenantry.tenancy.apikeys import ApiKey, ApiKeys, IssuedApiKey
 from tenantry.web.asgi import RequestInfo
 from tenantry.web.chain import Resolution, ResolverChain
 from tenantry.web.middleware import TenantMiddleware, tenant_of

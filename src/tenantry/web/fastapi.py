@@ -16,9 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.applications import Starlette
 from starlette.responses import Response
 
-from tenantry.catalog import Tenant
-from tenantry.core import Tenantry
 from tenantry.errors import ConfigError, TenantRequiredError
+from tenantry.tenancy.catalog import Tenant
+from tenantry.tenantry import Tenantry
 from tenantry.web.middleware import SCOPE_TENANTRY, tenant_of
 from tenantry.web.refusals import REFUSALS, refusal_for
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 
-from tenantry.catalog import Catalog, Tenant, TenantStatus
 from tenantry.errors import TenantSuspendedError, TenantUnavailableError
-from tenantry.ids import validate_tenant_id
+from tenantry.tenancy.catalog import Catalog, Tenant, TenantStatus
+from tenantry.tenancy.ids import validate_tenant_id
 
 
 async def servable_tenant(catalog: Catalog, tenant_id: str) -> Tenant:

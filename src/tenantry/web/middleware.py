@@ -18,11 +18,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tenantry.catalog import Tenant
-from tenantry.context import no_tenant, tenant_context
-from tenantry.core import Tenantry
 from tenantry.errors import TenantRequiredError, TenantryError
-from tenantry.logs import get_logger
+from tenantry.tenancy.catalog import Tenant
+from tenantry.tenancy.context import no_tenant, tenant_context
+from tenantry.tenancy.logs import get_logger
+from tenantry.tenantry import Tenantry
 from tenantry.web.asgi import ASGIApp, Receive, RequestInfo, Scope, Send
 from tenantry.web.chain import Resolution, ResolverChain
 from tenantry.web.lookup import servable_tenant
@@ -57,7 +57,7 @@ class TenantMiddleware:
     one that does name a tenant is checked exactly as elsewhere. Everywhere
     else a request naming no tenant gets 400.
 
-    The resolved :class:`~tenantry.catalog.Tenant` (or ``None``) is stored as
+    The resolved :class:`~tenantry.tenancy.catalog.Tenant` (or ``None``) is stored as
     ``scope["tenantry.tenant"]`` and ``scope["state"]["tenant"]`` (Starlette's
     ``request.state.tenant``); the ``Tenantry`` as ``scope["tenantry"]``.
     """

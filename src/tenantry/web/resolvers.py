@@ -28,8 +28,8 @@ from tenantry.errors import (
     ConfigError,
     TenantNotFoundError,
 )
-from tenantry.ids import is_valid_tenant_id, validate_tenant_id
-from tenantry.web.apikeys import KEY_PREFIX, ApiKeys
+from tenantry.tenancy.apikeys import KEY_PREFIX, ApiKeys
+from tenantry.tenancy.ids import is_valid_tenant_id, validate_tenant_id
 from tenantry.web.asgi import RequestInfo
 
 
@@ -171,7 +171,7 @@ class HeaderResolver:
 class APIKeyResolver:
     """The tenant owning an API key from ``Authorization: Bearer tk_...`` or ``X-API-Key``.
 
-    Keys are issued and revoked through :class:`~tenantry.web.apikeys.ApiKeys`
+    Keys are issued and revoked through :class:`~tenantry.tenancy.apikeys.ApiKeys`
     (``tenantry.api_keys``). A key that is malformed, unknown or revoked is a
     401, never "no key". Bearer tokens that do not start with ``tk_`` are left
     to other resolvers (a JWT, say).

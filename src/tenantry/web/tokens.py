@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from tenantry.errors import AuthenticationError, ConfigError
-from tenantry.ids import is_valid_tenant_id
-from tenantry.web.apikeys import KEY_PREFIX
+from tenantry.tenancy.apikeys import KEY_PREFIX
+from tenantry.tenancy.ids import is_valid_tenant_id
 from tenantry.web.asgi import RequestInfo
 from tenantry.web.resolvers import Candidate, Strength
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tenantry import TenantryConfig
-from tenantry.migrations.scaffold import scaffold
+from tenantry.lifecycle.migrations.scaffold import scaffold
 
 
 def make_histories(root: Path) -> tuple[Path, Path]:

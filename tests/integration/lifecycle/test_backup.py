@@ -12,9 +12,9 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from tenantry import Tenantry, tenant_context
-from tenantry.backup import backup_tenant
 from tenantry.errors import BackupError
-from tenantry.transfer import import_tenant
+from tenantry.lifecycle.backup import backup_tenant
+from tenantry.lifecycle.transfer import import_tenant
 from tests.conftest import TenantryFactory
 from tests.models import Note
 

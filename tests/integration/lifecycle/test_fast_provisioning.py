@@ -27,8 +27,8 @@ from sqlalchemy import (
 )
 
 from tenantry import Tenantry, tenant_context, tenant_metadata
-from tenantry.isolation import schema_name, strategy_for
-from tenantry.migrations.runner import Migrator
+from tenantry.lifecycle.migrations.runner import Migrator
+from tenantry.tenancy.isolation import schema_name, strategy_for
 from tests.conftest import TenantryFactory, make_config
 from tests.integration.lifecycle.support import add_revision, with_migrations
 

@@ -23,8 +23,8 @@ from tenantry import (
     tenant_context,
 )
 from tenantry.errors import MigrationError, TenantMigratingError
-from tenantry.isolation import schema_name
-from tenantry.migrations.runner import Migrator, Outcome, TargetKind
+from tenantry.lifecycle.migrations.runner import Migrator, Outcome, TargetKind
+from tenantry.tenancy.isolation import schema_name
 from tests.conftest import TenantryFactory, modes_for
 from tests.integration.lifecycle.conftest import LifecycleFactory
 from tests.integration.lifecycle.support import (

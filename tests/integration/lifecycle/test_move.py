@@ -42,11 +42,18 @@ from tenantry import (
     tenant_context,
     tenant_metadata,
 )
-from tenantry.catalog import moves_table
 from tenantry.errors import MoveError, TenantMovingError
-from tenantry.isolation import strategy_for
-from tenantry.move import STEPS, MoveStep, TableDelta, move_keys_table, move_tenant, read_move
+from tenantry.lifecycle.move import (
+    STEPS,
+    MoveStep,
+    TableDelta,
+    move_keys_table,
+    move_tenant,
+    read_move,
+)
 from tenantry.queue.job import PENDING_STATES
+from tenantry.tenancy.catalog import moves_table
+from tenantry.tenancy.isolation import strategy_for
 from tests.integration.lifecycle.test_transfer import Ping, content, populate, registry
 from tests.models import Note, Product, Review
 

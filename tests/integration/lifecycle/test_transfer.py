@@ -49,10 +49,10 @@ from tenantry.errors import (
     ExportFormatError,
     ExportRevisionError,
 )
-from tenantry.isolation import strategy_for
+from tenantry.lifecycle.transfer import export_tenant, import_tenant
 from tenantry.queue.schema import jobs_table
 from tenantry.queue.sources import source_of
-from tenantry.transfer import export_tenant, import_tenant
+from tenantry.tenancy.isolation import strategy_for
 from tests.conftest import TenantryFactory
 from tests.integration.lifecycle.conftest import LifecycleFactory
 from tests.integration.lifecycle.support import add_revision

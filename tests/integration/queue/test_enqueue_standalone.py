@@ -262,7 +262,7 @@ def test_a_terminated_connection_is_unavailable_then_replaced(
     make_tenantry: TenantryFactory, mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # No idle pre-ping: the enqueue itself must meet the dead connection.
-    monkeypatch.setattr("tenantry.stores.PING_AFTER_IDLE", 3600.0)
+    monkeypatch.setattr("tenantry.tenancy.store.PING_AFTER_IDLE", 3600.0)
     env = build_env(make_tenantry, "postgresql", mode, noop_registry())
     kept = env.enqueue("acme", "record", {"n": 1})
     assert _terminate_others(env, "acme") >= 1

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text
 
-from tenantry.catalog import TenantStatus
 from tenantry.queue import JobState
 from tenantry.queue import worker as worker_module
 from tenantry.queue.job import utcnow
 from tenantry.queue.schema import jobs_table as J
+from tenantry.tenancy.catalog import TenantStatus
 from tests.conftest import TenantryFactory
 from tests.integration.queue.handlers import Recorder, recording_registry
 from tests.integration.queue.support import CASES, EnvFactory, build_env, running, wait_until

@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import func, select
 
 from tenantry import QueueUnavailableError, Tenantry, tenant_context
-from tenantry.demo_app import DemoBase, DemoProduct, ProductAudit, registry
-from tenantry.demo_app.app import create_catalogue_app
+from tenantry.demo import DemoBase, DemoProduct, ProductAudit, registry
+from tenantry.demo.app import create_catalogue_app
 from tenantry.queue import JobState, Queue, Worker
 from tests.conftest import BACKENDS, make_config
 from tests.integration.queue.support import running, wait_until

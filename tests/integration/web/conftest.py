@@ -22,7 +22,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from tenantry import Tenantry, current_tenant, current_tenant_or_none
-from tenantry.catalog import TenantStatus
+from tenantry.tenancy.catalog import TenantStatus
 from tenantry.web import (
     APIKeyResolver,
     HeaderResolver,

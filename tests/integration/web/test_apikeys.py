@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import select
 
 from tenantry import TenantNotFoundError, TenantryError
-from tenantry.catalog import api_keys_table
 from tenantry.errors import ApiKeyNotFoundError, AuthenticationError
+from tenantry.tenancy.catalog import api_keys_table
 from tenantry.web import ApiKeys
 from tests.conftest import TenantryFactory, make_config
 from tests.integration.web.conftest import SQLLog, WebFactory, bearer, seed

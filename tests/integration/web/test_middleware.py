@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tenantry.catalog import TenantStatus
+from tenantry.tenancy.catalog import TenantStatus
 from tenantry.web import HeaderResolver, TenantMiddleware
 from tenantry.web.asgi import Message, Receive, Scope, Send
 from tests.integration.web.conftest import (

@@ -7,11 +7,11 @@ import threading
 from sqlalchemy import Connection
 
 from tenantry.errors import ConfigError
-from tenantry.isolation.postgres import ddl_lock
 from tenantry.queue.backends.base import Inserted, Lease, QueueBackend
 from tenantry.queue.backends.postgres import PostgresBackend
 from tenantry.queue.backends.sqlite import SqliteBackend
-from tenantry.stores import Store
+from tenantry.tenancy.isolation.postgres import ddl_lock
+from tenantry.tenancy.store import Store
 
 _BACKENDS: dict[str, QueueBackend] = {
     "postgresql": PostgresBackend(),

@@ -18,8 +18,6 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only
 
-from tenantry.isolation import postgres as pg
-from tenantry.models import TENANTRY_SCHEMA
 from tenantry.queue.backends.base import (
     Created,
     Inserted,
@@ -31,6 +29,8 @@ from tenantry.queue.backends.base import (
 from tenantry.queue.fairness import FAIR_WINDOW, interleave
 from tenantry.queue.job import Job, JobState
 from tenantry.queue.schema import control_table, create_queue_tables, jobs_table
+from tenantry.tenancy.isolation import postgres as pg
+from tenantry.tenancy.models import TENANTRY_SCHEMA
 
 CHANNEL = "tenantry_jobs"
 

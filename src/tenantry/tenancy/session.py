@@ -1,0 +1,144 @@
+"""Sessions bound to one tenant's data.
+
+A :class:`TenantSession` is an ordinary SQLAlchemy ``Session`` with three hooks:
+
+* ``do_orm_execute`` adds ``with_loader_criteria(TenantScoped, tenant_id == t)``
+  to every ORM SELECT, UPDATE and DELETE when the tenant's tables are shared
+  (this also covers relationship loads, joins and aliases);
+* ``before_flush`` stamps new tenant-scoped objects with the tenant and refuses
+  objects that belong to, or are moved to, another tenant;
+* ``after_begin`` runs the isolation mode's per-transaction SQL (on PostgreSQL:
+  the tenant GUC for RLS, the non-owner role and the ``search_path``).
+
+The tenant is fixed when the session is created. Using the session while a
+*different* tenant is current is refused, so a session cannot be smuggled
+across tenants by accident.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, event, text
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, with_loader_criteria
+from sqlalchemy.orm import attributes as orm_attributes
+
+from tenantry.errors import CrossTenantAccessError
+from tenantry.tenancy.context import current_tenant_or_none
+from tenantry.tenancy.models import TenantScoped
+
+#: Execution option that lifts the shared-table filter for one statement.
+ALL_TENANTS = "tenantry_all_tenants"
+
+
+class TenantSession(Session):
+    """A Session whose ``info`` names its tenant (set by tenantry, not by hand)."""
+
+    @property
+    def tenant_id(self) -> str:
+        return str(self.info["tenantry_tenant_id"])
+
+
+def _session_tenant(session: Session) -> str | None:
+    value = session.info.get("tenantry_tenant_id")
+    return value if isinstance(value, str) else None
+
+
+def _check_context(session: Session, tenant_id: str) -> None:
+    current = current_tenant_or_none()
+    if current is not None and current != tenant_id:
+        raise CrossTenantAccessError(
+            f"session of tenant {tenant_id!r} used while tenant {current!r} is current"
+        )
+
+
+@event.listens_for(TenantSession, "do_orm_execute")
+def _filter_rows(state: ORMExecuteState) -> None:
+    tenant_id = _session_tenant(state.session)
+    if tenant_id is None:
+        return
+    _check_context(state.session, tenant_id)
+    if state.is_insert or state.is_update:
+        _guard_bulk_parameters(state, tenant_id)
+    if not state.session.info.get("tenantry_filter_rows"):
+        return
+    if not (state.is_select or state.is_update or state.is_delete):
+        return
+    if state.execution_options.get(ALL_TENANTS, False):
+        return
+    state.statement = state.statement.options(
+        with_loader_criteria(
+            TenantScoped,
+            lambda cls: cls.tenant_id == tenant_id,
+            include_aliases=True,
+            track_closure_variables=True,
+        )
+    )
+
+
+def _guard_bulk_parameters(state: ORMExecuteState, tenant_id: str) -> None:
+    """ORM bulk INSERT/UPDATE (``session.execute(insert(Model), rows)``): stamp and guard.
+
+    Flush-time stamping does not see these statements, so the parameter rows
+    are checked here: a missing ``tenant_id`` is filled in, a foreign one refused.
+    """
+    mapper = state.bind_mapper
+    if mapper is None or not issubclass(mapper.class_, TenantScoped):
+        return
+    params = state.parameters
+    rows = params if isinstance(params, list) else [params] if params else []
+    for row in rows:
+        if not isinstance(row, dict):
+            continue
+        value = row.get("tenant_id")
+        if value is None and state.is_insert:
+            row["tenant_id"] = tenant_id
+        elif value is not None and value != tenant_id:
+            raise CrossTenantAccessError(
+                f"cannot write tenant_id={value!r} in a session of tenant {tenant_id!r}"
+            )
+    values = getattr(state.statement, "_values", None) or {}
+    for key, value in values.items():
+        name = getattr(key, "key", key)
+        bound = getattr(value, "value", value)
+        if name == "tenant_id" and bound != tenant_id:
+            raise CrossTenantAccessError(
+                f"cannot set tenant_id={bound!r} in a session of tenant {tenant_id!r}"
+            )
+
+
+@event.listens_for(TenantSession, "before_flush")
+def _stamp_and_guard(session: Session, _ctx: Any, _instances: Any) -> None:
+    tenant_id = _session_tenant(session)
+    if tenant_id is None:
+        return
+    _check_context(session, tenant_id)
+    for obj in session.new:
+        if isinstance(obj, TenantScoped):
+            if obj.tenant_id is None:
+                obj.tenant_id = tenant_id
+            elif obj.tenant_id != tenant_id:
+                raise CrossTenantAccessError(
+                    f"cannot insert a row of tenant {obj.tenant_id!r} "
+                    f"in a session of tenant {tenant_id!r}"
+                )
+    for obj in list(session.dirty) + list(session.deleted):
+        if not isinstance(obj, TenantScoped):
+            continue
+        history = orm_attributes.get_history(obj, "tenant_id")
+        if history.has_changes() or obj.tenant_id != tenant_id:
+            raise CrossTenantAccessError(
+                f"cannot change or delete a row of tenant {obj.tenant_id!r} "
+                f"in a session of tenant {tenant_id!r}"
+            )
+
+
+@event.listens_for(TenantSession, "after_begin")
+def _setup_transaction(session: Session, _tx: SessionTransaction, conn: Connection) -> None:
+    tenant_id = _session_tenant(session)
+    if tenant_id is not None:
+        _check_context(session, tenant_id)
+    setup = session.info.get("tenantry_tx_setup")
+    if setup is not None:
+        sql, params = setup
+        conn.execute(text(sql), params)
