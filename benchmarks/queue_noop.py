@@ -35,6 +35,7 @@ from tenantry import (
     Worker,
     tenant_context,
 )
+from tenantry.queue import WorkerOptions
 
 
 @dataclass
@@ -58,7 +59,7 @@ def _admin(url: str) -> psycopg.Connection[Any]:
 
 
 async def _drain(t: Tenantry, total: int, concurrency: int) -> tuple[float, dict[str, int]]:
-    worker = Worker(t, registry, concurrency=concurrency, poll_interval=0.05)
+    worker = Worker(t, registry, WorkerOptions(concurrency=concurrency, poll_interval=0.05))
     queue = Queue(t, registry)
     task = asyncio.create_task(worker.run())
     await worker.wait_started()
@@ -70,7 +71,7 @@ async def _drain(t: Tenantry, total: int, concurrency: int) -> tuple[float, dict
     elapsed = time.perf_counter() - start
     worker.stop()
     await task
-    return elapsed, queue.count_jobs()
+    return elapsed, queue.admin.count_jobs()
 
 
 def run_one(url: str, jobs: int, concurrency: int) -> dict[str, Any]:

@@ -51,6 +51,8 @@ from tenantry import (
     Worker,
     tenant_context,
 )
+from tenantry.queue import QueueAdmin, WorkerOptions
+from tenantry.queue.drivers import ClaimRequest
 
 PROBE_TENANTS = [chr(c) for c in range(ord("b"), ord("k") + 1)]  # b .. k
 
@@ -180,7 +182,7 @@ async def _drain_noisy(
 ) -> NoisyResult:
     result = NoisyResult(fair=fair, backlog=backlog)
     LATENCIES.clear()
-    worker = Worker(t, registry, concurrency=10, fair=fair, prefetch=prefetch)
+    worker = Worker(t, registry, WorkerOptions(concurrency=10, fair=fair, prefetch=prefetch))
     task = asyncio.create_task(worker.run())
     await worker.wait_started()
     ctx = mp.get_context("spawn")
@@ -217,7 +219,7 @@ async def _drain_noisy(
     lat = [x * 1000 for x in LATENCIES]
     result.p50_ms, result.p99_ms = pct(lat, 50), pct(lat, 99)
     result.max_ms = max(lat) if lat else float("nan")
-    counts_db = Queue(t, registry).count_jobs()
+    counts_db = QueueAdmin(t).count_jobs()
     result.verified = counts_db["completed"] == backlog + sent and sum(counts_db.values()) == (
         backlog + sent
     )
@@ -261,14 +263,17 @@ class ManyResult:
 
 def _claim_latency(t: Tenantry, queue: Queue, tenant_id: str | None, rounds: int) -> list[float]:
     """Time one fair claim of 20 (rolled back, so every round sees the same table)."""
-    source = queue.source_for(tenant_id) if tenant_id else queue.sources()[0]
-    backend = source.backend
+    source = queue.admin.source_for(tenant_id) if tenant_id else queue.admin.sources()[0]
+    driver = source.driver
     times: list[float] = []
     with source.engine().connect() as conn:
         for _ in range(rounds):
             start = time.perf_counter()
-            backend.claim(
-                conn, worker_id="bench", queues=["default"], limit=20, lease_seconds=30, fair=True
+            driver.claim(
+                conn,
+                ClaimRequest(
+                    worker_id="bench", queues=["default"], limit=20, lease_seconds=30, fair=True
+                ),
             )
             times.append((time.perf_counter() - start) * 1000)
             conn.rollback()
@@ -276,7 +281,7 @@ def _claim_latency(t: Tenantry, queue: Queue, tenant_id: str | None, rounds: int
 
 
 async def _drain_all(t: Tenantry, total: int, server_url: str, prefix: str) -> tuple[float, int]:
-    worker = Worker(t, registry, concurrency=10, idle_poll_max=1.0)
+    worker = Worker(t, registry, WorkerOptions(concurrency=10, idle_poll_max=1.0))
     task = asyncio.create_task(worker.run())
     await worker.wait_started()
     start = time.perf_counter()
@@ -316,7 +321,7 @@ def many_tenants(server_url: str, n_tenants: int, per_tenant: int) -> ManyResult
         elapsed, peak = asyncio.run(_drain_all(t, result.jobs, server_url, prefix))
         result.rate = result.jobs / elapsed
         result.max_connections = peak
-        counts = queue.count_jobs()
+        counts = queue.admin.count_jobs()
         result.verified = counts["completed"] == result.jobs == sum(counts.values())
         t.close()
     return result
@@ -344,7 +349,7 @@ def many_databases(server_url: str, n_dbs: int, per_tenant: int) -> ManyResult:
         elapsed, peak = asyncio.run(_drain_all(t, result.jobs, server_url, prefix))
         result.rate = result.jobs / elapsed
         result.max_connections = peak
-        counts = Queue(t, registry).count_jobs()
+        counts = QueueAdmin(t).count_jobs()
         result.verified = counts["completed"] == result.jobs == sum(counts.values())
         t.close()
     return result

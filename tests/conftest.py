@@ -1,10 +1,13 @@
 """Fixtures: every test gets a fresh SQLite directory or PostgreSQL database.
 
-PostgreSQL tests run against ``TENANTRY_TEST_PG_URL`` (default: postgres on
-127.0.0.1:5432). Each test clones a per-worker template database (``CREATE
-DATABASE ... TEMPLATE``) and drops it, with any tenant databases it made,
-afterwards. When ``CI=true`` an unreachable server fails the run; locally the
-PostgreSQL tests are skipped with a loud reason.
+PostgreSQL tests run against a throwaway server that each test process starts
+for itself, tuned for tests (``tests/pgserver.py``), or against
+``TENANTRY_TEST_PG_URL`` when that is set. Each test clones a per-process
+template database (``CREATE DATABASE ... TEMPLATE``); after the test's own
+teardown (its Tenantry objects closed) that database and any tenant databases
+it made are dropped on a background thread. When no server can be had, a run
+with ``CI=true`` fails; locally the PostgreSQL tests are skipped with a loud
+reason.
 """
 
 from __future__ import annotations
@@ -15,90 +18,127 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
 import tests.models  # noqa: F401  - registers the test tables on TenantBase/GlobalBase
 from tenantry import StoreConfig, Tenantry, TenantryConfig
+from tests.pgserver import Dropper, SuiteServer, connect, start_suite_server
 
-PG_URL = os.environ.get("TENANTRY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 BACKENDS = ["sqlite", "postgresql"]
 
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if "postgresql" in item.name or item.get_closest_marker("postgres"):
-            item.add_marker(pytest.mark.postgres)
+_TO_DROP = pytest.StashKey[list[tuple[Dropper, str]]]()
 
 
-def _pg_connect(dbname: str | None = None) -> psycopg.Connection[Any]:
-    url = make_url(PG_URL)
-    return psycopg.connect(
-        host=url.host or "127.0.0.1",
-        port=url.port or 5432,
-        user=url.username or "postgres",
-        password=url.password,
-        dbname=dbname or url.database or "postgres",
-        autocommit=True,
-        connect_timeout=5,
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--bench-smoke",
+        action="store_true",
+        help="run only the benchmark smoke tests (marked bench_smoke), as make bench-smoke does",
     )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Marks PostgreSQL cases; keeps the benchmark smokes out of the suite.
+
+    A benchmark smoke runs for minutes on its own: CI runs it as a separate step
+    (``make bench-smoke``), so a plain run deselects it and ``--bench-smoke``
+    selects nothing else.
+    """
+    want_bench = bool(config.getoption("--bench-smoke"))
+    kept: list[pytest.Item] = []
+    deselected: list[pytest.Item] = []
+    for item in items:
+        if "postgresql" in item.name or item.get_closest_marker("postgres"):
+            item.add_marker(pytest.mark.postgres)
+        is_bench = item.get_closest_marker("bench_smoke") is not None
+        (kept if is_bench == want_bench else deselected).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
+
+
 @pytest.fixture(scope="session")
-def pg_server() -> str:
-    """The server URL; fails (CI) or skips (locally) when it cannot be reached."""
+def _pg_suite_server() -> Iterator[SuiteServer]:
+    server = start_suite_server()
     try:
-        with _pg_connect() as conn:
-            conn.execute("SELECT 1")
-    except psycopg.OperationalError as exc:
-        message = f"PostgreSQL at {make_url(PG_URL).render_as_string()} is unreachable: {exc}"
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server(_pg_suite_server: SuiteServer) -> str:
+    """The server URL; fails (CI) or skips (locally) when there is no server."""
+    if _pg_suite_server.url is None:
+        message = "; ".join(_pg_suite_server.problems)
         if IN_CI:
             pytest.fail(f"CI=true and {message}", pytrace=False)
         pytest.skip(message)
-    return PG_URL
+    return _pg_suite_server.url
+
+
+@pytest.fixture(scope="session")
+def _pg_dropper(pg_server: str) -> Iterator[Dropper]:
+    dropper = Dropper(pg_server)
+    try:
+        yield dropper
+    finally:
+        dropper.close()
 
 
 @pytest.fixture(scope="session")
 def pg_template(pg_server: str, worker_id: str) -> Iterator[str]:
     name = f"tt_tpl_{worker_id}_{uuid.uuid4().hex[:6]}"
-    with _pg_connect() as conn:
+    with connect(pg_server) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    with _pg_connect(name) as conn:
+    with connect(pg_server, name) as conn:
         conn.execute("CREATE SCHEMA tenantry")
     yield name
-    with _pg_connect() as conn:
+    with connect(pg_server) as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
 
 
+@pytest.fixture(autouse=True)
+def _drop_test_databases(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Drops the test's databases after every other fixture of the test is torn down.
+
+    Autouse fixtures are set up first and torn down last, so the Tenantry
+    objects (and their connections) are closed by then and ``DROP DATABASE``
+    does not have to terminate them.
+    """
+    made: list[tuple[Dropper, str]] = []
+    request.node.stash[_TO_DROP] = made
+    yield
+    for dropper, name in made:
+        dropper.submit([name])
+
+
 @pytest.fixture
-def pg_database(pg_template: str) -> Iterator[str]:
-    """A fresh database for one test; returns its SQLAlchemy URL."""
+def pg_database(
+    request: pytest.FixtureRequest, pg_server: str, pg_template: str, _pg_dropper: Dropper
+) -> str:
+    """A fresh database for one test; returns its SQLAlchemy URL.
+
+    Dropped with any tenant databases named after it once the test is over.
+    """
     name = f"tt_{uuid.uuid4().hex[:10]}"
-    with _pg_connect() as conn:
+    with connect(pg_server) as conn:
         conn.execute(
             sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
                 sql.Identifier(name), sql.Identifier(pg_template)
             )
         )
-    yield (
-        make_url(PG_URL)
+    request.node.stash[_TO_DROP].append((_pg_dropper, name))
+    return (
+        make_url(pg_server)
         .set(drivername="postgresql+psycopg", database=name)
         .render_as_string(hide_password=False)
     )
-    with _pg_connect() as conn:
-        rows = conn.execute(
-            "SELECT datname FROM pg_database WHERE datname = %s OR datname LIKE %s",
-            (name, name + "\\_%"),
-        ).fetchall()
-        for (db,) in rows:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db))
-            )
 
 
 def make_config(

@@ -6,6 +6,11 @@ a private ``postgres`` on a free local port (trust auth, ``fsync=off``). It is
 always stopped (``-m immediate``) and its directory removed by :meth:`destroy`,
 which the context manager and the test fixtures call.
 
+The same class runs the suite's own server (``tests/pgserver.py``): then it
+lives on tmpfs when there is one, and :func:`reap_stale` removes the clusters
+of test runs that died without stopping theirs (each cluster records the pid of
+the process that owns it).
+
 ``initdb`` refuses to run as root, so when the tests run as root (as in this
 sandbox and in CI) every server binary runs as the ``postgres`` OS user via
 ``runuser`` (or ``su``), and the data directory is handed to that user.
@@ -24,7 +29,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,6 +39,7 @@ import psycopg
 
 SERVER_USER = "postgres"  # the OS user the server runs as when we are root
 SUPERUSER = "postgres"  # the database superuser initdb creates
+OWNER_FILE = "owner.pid"  # the pid of the process that started the cluster
 
 
 class PgClusterUnavailable(RuntimeError):
@@ -89,6 +96,63 @@ def _as_server_user() -> Callable[[list[str]], list[str]]:
     raise PgClusterUnavailable("running as root, and neither runuser nor su is available")
 
 
+def tmpfs_dir(min_free: int = 1 << 30) -> Path | None:
+    """``/dev/shm`` when it is a writable tmpfs with room to spare, else None."""
+    shm = Path("/dev/shm")
+    try:
+        stat = os.statvfs(shm)
+    except OSError:
+        return None
+    if not os.access(shm, os.W_OK | os.X_OK) or stat.f_bavail * stat.f_frsize < min_free:
+        return None
+    return shm
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process *pid* exists (one we may not signal exists too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def reap_stale(base_dir: Path, prefix: str) -> list[Path]:
+    """Stop and delete the clusters under *base_dir* whose owning process is gone.
+
+    A test run killed before its session teardown (a hard timeout, ``kill -9``)
+    leaves its server running; the next run cleans up after it. Only clusters
+    that recorded an owner are considered, so a live run is never touched.
+    """
+    reaped: list[Path] = []
+    for root in sorted(base_dir.glob(f"{prefix}*")):
+        try:
+            owner = int((root / OWNER_FILE).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if _alive(owner):
+            continue
+        with contextlib.suppress(PgClusterUnavailable):
+            PgCluster.adopt(root).destroy()
+        shutil.rmtree(root, ignore_errors=True)
+        reaped.append(root)
+    return reaped
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """How a :class:`PgCluster` is laid out and configured."""
+
+    max_connections: int = 300
+    startup_timeout: float = 60.0
+    base_dir: Path | None = None  # where the cluster's directory goes (None: the temp dir)
+    prefix: str = "tenantry-pgcluster-"
+    locale: str = "C"
+    settings: Mapping[str, str] = field(default_factory=dict)  # extra ``-c`` settings
+
+
 class PgCluster:
     """``initdb`` + ``pg_ctl`` on a private directory and port.
 
@@ -100,18 +164,35 @@ class PgCluster:
             cluster.start()
     """
 
-    def __init__(self, *, max_connections: int = 300, startup_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        options: ClusterOptions | None = None,
+        *,
+        root: Path | None = None,
+    ) -> None:
+        self.options = options or ClusterOptions()
         self.bindir = find_bindir()
         self.as_server_user = _as_server_user()
         self.as_root = os.geteuid() == 0
-        self.max_connections = max_connections
-        self.startup_timeout = startup_timeout
+        self.max_connections = self.options.max_connections
+        self.startup_timeout = self.options.startup_timeout
         self.port = 0
-        self.root = Path(tempfile.mkdtemp(prefix="tenantry-pgcluster-"))
+        if root is None:
+            base = self.options.base_dir
+            root = Path(tempfile.mkdtemp(prefix=self.options.prefix, dir=base))
+            (root / OWNER_FILE).write_text(str(os.getpid()))
+        self.root = root
         self.datadir = self.root / "data"
         self.logfile = self.root / "server.log"
         self.running = False
         self._initialised = False
+
+    @classmethod
+    def adopt(cls, root: Path) -> PgCluster:
+        """A handle on a cluster that another process made under *root* (to stop it)."""
+        cluster = cls(root=root)
+        cluster._initialised = (root / "data" / "PG_VERSION").exists()
+        return cluster
 
     # -- lifecycle -------------------------------------------------------------------
     def _run(self, *args: str, timeout: float = 120.0, check: bool = True) -> str:
@@ -146,7 +227,7 @@ class PgCluster:
             "--auth=trust",
             f"--username={SUPERUSER}",
             "--encoding=UTF8",
-            "--locale=C",
+            f"--locale={self.options.locale}",
             "--no-sync",
         )
         self._initialised = True
@@ -162,6 +243,7 @@ class PgCluster:
                 "-c synchronous_commit=off",
                 "-c full_page_writes=off",
                 "-c shared_buffers=32MB",
+                *(f"-c {name}={value}" for name, value in self.options.settings.items()),
             ]
         )
 

@@ -40,6 +40,7 @@ from tenantry import (
     Worker,
     tenant_context,
 )
+from tenantry.queue import WorkerOptions
 
 BENCH_TENANT = "bench"
 #: Worker settings per profile (keyword arguments of ``Worker``).
@@ -51,7 +52,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # which costs a commit and several round trips whatever its size.
     # freeze_gc as ``tenantry worker`` sets it (its process runs the worker).
     "best": {"concurrency": 100, "prefetch": 800, "fair": False, "freeze_gc": True},
-    # For tuning: Worker keyword arguments as JSON in TENANTRY_BENCH_WORKER_OPTS.
+    # For tuning: WorkerOptions fields as JSON in TENANTRY_BENCH_WORKER_OPTS.
     "custom": json.loads(os.environ.get("TENANTRY_BENCH_WORKER_OPTS", "{}")),
 }
 
@@ -160,7 +161,7 @@ class TenantrySystem:
         self, dsn: str, profile: str, ready: Callable[[], None], stop: asyncio.Event
     ) -> None:
         t = _build(dsn)
-        worker = Worker(t, registry, **PROFILES[profile])
+        worker = Worker(t, registry, WorkerOptions(**PROFILES[profile]))
         task = asyncio.create_task(worker.run())
         await worker.wait_started()
         ready()

@@ -174,3 +174,7 @@ class BackupError(TenantryError):
 
 class MoveError(TenantryError):
     """A tenant move cannot start, go on or be verified."""
+
+
+class JobTimeoutError(TenantryError, TimeoutError):
+    """The handler ran longer than its timeout; the attempt counts as failed."""

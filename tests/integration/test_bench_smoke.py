@@ -3,6 +3,10 @@
 Small counts, tenantry only, one run: every figure must be in the JSON and
 every run verified in the database. The figures themselves are not checked
 (CI machines are too noisy for that); ``make bench`` is where they are read.
+
+It takes minutes, so it is not part of the suite: ``make bench-smoke`` (a CI
+step of its own) runs it with ``pytest --bench-smoke -s``, which also shows
+the table the smoke run printed.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ EXPECTED = {
 }
 
 
+@pytest.mark.bench_smoke
 @pytest.mark.postgres
 @pytest.mark.timeout(300)
 def test_bench_smoke_runs_and_verifies(pg_server: str, tmp_path: Path) -> None:
@@ -61,3 +66,4 @@ def test_bench_smoke_runs_and_verifies(pg_server: str, tmp_path: Path) -> None:
             assert len(stat["samples"]) == 1, (key, name)
             assert stat["median"] > 0, (key, name)
     assert {t["name"] for t in result["targets"]}  # printed, met or not
+    print(proc.stdout)  # the smoke run's table, for the CI log

@@ -25,10 +25,13 @@ from click.testing import CliRunner, Result
 from rich.console import Console
 from sqlalchemy.engine import make_url
 
-import tenantry.cli.main as cli_main
+import tenantry.cli.demo as cli_demo
+import tenantry.cli.tenants as cli_tenants
 from tenantry import Tenantry, TenantryConfig
 from tenantry.cli.main import cli
+from tenantry.cli.running import worker_options
 from tenantry.demo.tour import DEMO_SETTING, DemoBase, run_demo
+from tenantry.queue import WorkerOptions
 
 #: Variables that change what the CLI reads or how rich renders; removed per test.
 _ENV_TO_CLEAR = (
@@ -222,7 +225,7 @@ def test_delete_without_yes_refuses_when_not_interactive(invoke: Invoke) -> None
 def test_delete_asks_for_confirmation_when_interactive(
     invoke: Invoke, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli_main, "_stdin_is_interactive", lambda: True)
+    monkeypatch.setattr(cli_tenants, "_stdin_is_interactive", lambda: True)
     ok(invoke("tenants", "create", "acme"))
     declined = invoke("tenants", "delete", "acme", input="n\n")
     assert declined.exit_code == 1
@@ -399,7 +402,7 @@ def test_demo_fails_when_a_tenant_sees_foreign_rows(
             {"tenant": "globex", "only_own_rows": False},
         ]
 
-    monkeypatch.setattr(cli_main, "run_demo", leaky)
+    monkeypatch.setattr(cli_demo, "run_demo", leaky)
     assert_one_line_error(invoke("demo", "--data-dir", "d"), "isolation check failed", "globex")
 
 
@@ -472,6 +475,40 @@ def test_console_script_error_is_one_line(workdir: Path) -> None:
     assert proc.stdout == ""
     assert proc.stderr.startswith("error: invalid tenant id")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+# -- worker and serve: their shared set-up ---------------------------------------------------
+def test_worker_flags_become_worker_options() -> None:
+    assert worker_options(concurrency=3, grace=2.0, poll=0.5) == WorkerOptions(
+        concurrency=3, shutdown_grace=2.0, poll_interval=0.5, freeze_gc=True
+    )
+    narrowed = worker_options(
+        concurrency=1,
+        grace=0.0,
+        poll=0.01,
+        prefetch=0,
+        max_prefetch=7,
+        queues=("mail",),
+        stores=(),
+        tenant_ids=("acme", "globex"),
+        lease=5.0,
+        fair=False,
+    )
+    assert (narrowed.prefetch, narrowed.max_prefetch, narrowed.lease_seconds) == (0, 7, 5.0)
+    assert (narrowed.queues, narrowed.stores, narrowed.tenants) == (
+        ("mail",),
+        None,  # no --store: every store
+        ("acme", "globex"),
+    )
+    assert narrowed.fair is False
+
+
+@pytest.mark.parametrize("command", [["worker"], ["serve", "--admin-token", "t" * 32]])
+def test_an_app_that_is_not_a_registry_is_a_one_line_error(
+    invoke: Invoke, command: list[str]
+) -> None:
+    result = invoke(*command, "--app", "os:sep")
+    assert_one_line_error(result, "os:sep is not a tenantry JobRegistry")
 
 
 # -- PostgreSQL -------------------------------------------------------------------------

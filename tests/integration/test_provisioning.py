@@ -176,7 +176,7 @@ def test_database_engine_cache_is_bounded(make_tenantry: TenantryFactory, backen
             with tenant_context(tid), t.session() as s:
                 s.add(Note(body=tid))
                 s.commit()
-            assert len(t.default_store._tenant_engines) <= 3
+            assert len(t.default_store.engines.tenant_sync) <= 3
     for tid in ids:
         with tenant_context(tid), t.session() as s:
             assert s.scalars(select(Note.body)).all() == [tid, tid]

@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import text
 
 from tenantry import Tenantry
-from tenantry.tenancy.store import aretire, retire
+from tenantry.queue.engines import queue_async_engine
+from tenantry.tenancy.engines import aretire, retire
 from tests.conftest import TenantryFactory
 
 pytestmark = pytest.mark.postgres
@@ -70,11 +71,11 @@ async def test_a_tenant_database_forgotten_from_a_thread_has_its_connections_clo
     """``delete_tenant`` runs in a thread beside a worker's loop: the loop closes them.
 
     Closing an async connection awaits the driver, which the thread cannot do;
-    before, the pool was let go with its connections open.
+    letting the pool go from the thread would leave its connections open.
     """
     pg.create_tenant("acme", isolation="database")
     store = pg.default_store
-    async with store.queue_async_engine("acme").connect() as conn:
+    async with queue_async_engine(store, "acme").connect() as conn:
         raw = (await conn.get_raw_connection()).driver_connection
     assert raw is not None
     assert not raw.closed

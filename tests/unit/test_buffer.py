@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tenantry.queue.buffer import AdaptivePrefetch, FixedPrefetch, JobBuffer
+from tenantry.queue.worker.buffer import AdaptivePrefetch, FixedPrefetch, JobBuffer
 
 
 @dataclass(frozen=True)

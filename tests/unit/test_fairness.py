@@ -494,11 +494,11 @@ def test_decaying_counts_stay_exact_across_a_rebase() -> None:
 def test_heavy_loads_give_the_worker_the_same_claim_loads_as_all_loads(
     starts: list[tuple[str, float]], held: list[str], at: float
 ) -> None:
-    """A one-store claim reads ``_heavy_loads``, not ``_loads``: ``_heaviest`` must agree."""
+    """A one-store claim reads ``heavy_loads``, not ``loads``: ``heaviest`` must agree."""
     from types import SimpleNamespace
 
     from tenantry.queue.fairness import DecayingCounts
-    from tenantry.queue.worker import Worker, _heaviest
+    from tenantry.queue.worker.producer import TenantLoads, heaviest
 
     recent = DecayingCounts(half_life=2.0, now=0.0)
     for key, when in sorted(starts, key=lambda s: s[1]):
@@ -509,9 +509,9 @@ def test_heavy_loads_give_the_worker_the_same_claim_loads_as_all_loads(
         _ranked={},
         _ranked_until=0.0,
     )
-    every = Worker._loads(fake, at)  # type: ignore[arg-type]
-    heavy = Worker._heavy_loads(fake, at)  # type: ignore[arg-type]
-    assert _heaviest(heavy) == pytest.approx(_heaviest(every))
+    every = TenantLoads.loads(fake, at)  # type: ignore[arg-type]
+    heavy = TenantLoads.heavy_loads(fake, at)  # type: ignore[arg-type]
+    assert heaviest(heavy) == pytest.approx(heaviest(every))
     assert recent.heavy(at, 0.5) == pytest.approx(
         {k: v for k, v in recent.values(at).items() if v >= 0.5}
     )
@@ -525,24 +525,24 @@ def test_many_tenants_recent_starts_are_ranked_briefly_once_held_jobs_always_cou
     from types import SimpleNamespace
 
     from tenantry.queue.fairness import DecayingCounts
-    from tenantry.queue.worker import MAX_HELD_IN_CLAIM, RANK_REFRESH, Worker
+    from tenantry.queue.worker.producer import MAX_HELD_IN_CLAIM, RANK_REFRESH, TenantLoads
 
     recent = DecayingCounts(half_life=2.0, now=0.0)
     tenants = [f"t{i:05d}" for i in range(MAX_HELD_IN_CLAIM + 100)]
     for i, tenant in enumerate(tenants):
         recent.add(tenant, 0.0, amount=1.0 + i / 1000)
     fake = SimpleNamespace(_recent=recent, _held={}, _ranked={}, _ranked_until=0.0)
-    first = Worker._heavy_loads(fake, 0.0)  # type: ignore[arg-type]
+    first = TenantLoads.heavy_loads(fake, 0.0)  # type: ignore[arg-type]
     assert set(first) == set(tenants[-MAX_HELD_IN_CLAIM:])  # the heaviest, by their starts
 
     recent.add("newcomer", 0.01, amount=50.0)
     fake._held = {0: SimpleNamespace(job=SimpleNamespace(tenant_id="holder"))}
-    soon = Worker._heavy_loads(fake, RANK_REFRESH / 2)  # type: ignore[arg-type]
+    soon = TenantLoads.heavy_loads(fake, RANK_REFRESH / 2)  # type: ignore[arg-type]
     assert "newcomer" not in soon  # its starts wait for the next ranking...
     assert soon["holder"] == 1.0  # ...a job held now does not
     assert set(soon) == set(first) | {"holder"}
 
-    later = Worker._heavy_loads(fake, RANK_REFRESH)  # type: ignore[arg-type]
+    later = TenantLoads.heavy_loads(fake, RANK_REFRESH)  # type: ignore[arg-type]
     assert later["newcomer"] == pytest.approx(50.0 * 2.0 ** -((RANK_REFRESH - 0.01) / 2.0))
     assert later["holder"] == 1.0
 
@@ -552,13 +552,13 @@ def test_few_tenants_recent_starts_count_at_once() -> None:
     from types import SimpleNamespace
 
     from tenantry.queue.fairness import DecayingCounts
-    from tenantry.queue.worker import Worker
+    from tenantry.queue.worker.producer import TenantLoads
 
     recent = DecayingCounts(half_life=2.0, now=0.0)
     fake = SimpleNamespace(_recent=recent, _held={}, _ranked={}, _ranked_until=0.0)
     for step in range(5):
         recent.add("a", step * 0.001)
-        loads = Worker._heavy_loads(fake, step * 0.001)  # type: ignore[arg-type]
+        loads = TenantLoads.heavy_loads(fake, step * 0.001)  # type: ignore[arg-type]
         assert loads["a"] == pytest.approx(step + 1, rel=1e-3)
 
 
@@ -572,10 +572,10 @@ def test_heaviest_keeps_at_most_the_cap_and_never_a_lighter_tenant_over_a_heavie
     values: list[float],
 ) -> None:
     """Ties at the cut (many tenants holding exactly one job) must not break the cap."""
-    from tenantry.queue.worker import HEAVY_LOAD, MAX_HELD_IN_CLAIM, _heaviest
+    from tenantry.queue.worker.producer import HEAVY_LOAD, MAX_HELD_IN_CLAIM, heaviest
 
     loads = {f"t{i:05d}": v for i, v in enumerate(values)}
-    kept = _heaviest(loads)
+    kept = heaviest(loads)
     heavy = {t: v for t, v in loads.items() if v >= HEAVY_LOAD}
     assert len(kept) == min(MAX_HELD_IN_CLAIM, len(heavy))
     assert all(loads[t] == v for t, v in kept.items())

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tenantry.queue.backends.postgres import _claimed_jobs
+from tenantry.queue.drivers.postgres.rows import claimed_jobs
 from tenantry.queue.job import PAYLOAD_TEXT, Job, JobState
 
 AT = datetime(2026, 11, 29, 5, 0, tzinfo=UTC)
@@ -17,7 +17,7 @@ AT = datetime(2026, 11, 29, 5, 0, tzinfo=UTC)
 
 def claimed(payload_text: str, errors: str | None = None) -> Job:
     row = (7, "acme", "default", "mail", payload_text, 3, 1, 5, AT, AT, AT, AT, errors, "k", "c")
-    (job,) = _claimed_jobs([row], "token", "w1")
+    (job,) = claimed_jobs([row], "token", "w1")
     return job
 
 

@@ -17,17 +17,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from tenantry.cli.output import CliError, _echo_json, make_console
+from tenantry.cli.output import CliError, echo_json, make_console
 from tenantry.lifecycle.backup import backup_tenant
+from tenantry.lifecycle.export import export_tenant
+from tenantry.lifecycle.import_ import import_tenant
 from tenantry.lifecycle.migrations.runner import Migrator, Outcome, Report, Result, TargetVersion
 from tenantry.lifecycle.migrations.scaffold import scaffold
 from tenantry.lifecycle.move import move_tenant
-from tenantry.lifecycle.transfer import export_tenant, import_tenant
 from tenantry.tenancy.catalog import IsolationMode
 from tenantry.tenancy.ids import validate_tenant_id
 
 if TYPE_CHECKING:
-    from tenantry.cli.main import CliState
+    from tenantry.cli.state import CliState
 
 _OUTCOME_STYLES = {
     Outcome.UPGRADED: "green",
@@ -97,7 +98,7 @@ def migrate(
         return
     report = _run_with_progress(migrator, ids, stores, parallel, skip_failing, online, as_json)
     if as_json:
-        _echo_json(
+        echo_json(
             {
                 "untouched": report.untouched,
                 "results": [_result_dict(r) for r in report.results],
@@ -199,7 +200,7 @@ def _print_report(report: Report) -> None:
 
 def _print_status(versions: list[TargetVersion], as_json: bool) -> None:
     if as_json:
-        _echo_json(
+        echo_json(
             [
                 {
                     "target": v.target.label,

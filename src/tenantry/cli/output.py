@@ -1,7 +1,7 @@
 """What every ``tenantry`` command shares: the one-line error and the console.
 
-Apart from :mod:`tenantry.cli.main` so that the command modules it loads
-(:mod:`tenantry.cli.lifecycle`) can use them without importing it back.
+Apart from :mod:`tenantry.cli.main` so that the command modules it registers
+can use them without importing it back.
 """
 
 from __future__ import annotations
@@ -47,5 +47,6 @@ def make_console() -> Console:
     return console
 
 
-def _echo_json(value: Any) -> None:
+def echo_json(value: Any) -> None:
+    """*value* as indented JSON with sorted keys: stable output for scripts to diff."""
     click.echo(json.dumps(value, indent=2, sort_keys=True))

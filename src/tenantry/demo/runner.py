@@ -34,7 +34,7 @@ from tenantry.demo.app import create_catalogue_app
 from tenantry.demo.jobs import registry
 from tenantry.demo.models import ProductAudit
 from tenantry.errors import ConfigError, TenantryError
-from tenantry.queue import Queue
+from tenantry.queue import Queue, WorkerOptions
 from tenantry.queue.job import PENDING_STATES
 from tenantry.service import ServiceSettings, create_app
 from tenantry.service.serving import EmbeddedServer, bind, config, url_of
@@ -163,7 +163,7 @@ async def _trickle(
 def _summary(tenantry: Tenantry, queue: Queue, plan: list[TenantTraffic]) -> list[dict[str, Any]]:
     rows = []
     for who in plan:
-        counts = queue.count_jobs(tenant_id=who.tenant.id)
+        counts = queue.admin.count_jobs(tenant_id=who.tenant.id)
         with tenant_context(who.tenant.id), tenantry.session() as session:
             audited = int(session.scalar(select(func.count()).select_from(ProductAudit)) or 0)
         rows.append(
@@ -224,7 +224,7 @@ async def run_catalogue_demo(
         tenantry,
         registry,
         settings=settings,
-        worker_options={"concurrency": 4, "poll_interval": 0.2, "shutdown_grace": 5.0},
+        worker_options=WorkerOptions(concurrency=4, poll_interval=0.2, shutdown_grace=5.0),
     )
     catalogue = create_catalogue_app(tenantry, queue)
     try:
@@ -297,7 +297,7 @@ async def _wait_finished(queue: Queue, plan: list[TenantTraffic], timeout: float
     def unfinished() -> int:
         total = 0
         for who in plan:
-            counts = queue.count_jobs(tenant_id=who.tenant.id)
+            counts = queue.admin.count_jobs(tenant_id=who.tenant.id)
             total += sum(counts[s.value] for s in PENDING_STATES)
         return total
 

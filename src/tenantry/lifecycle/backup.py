@@ -21,18 +21,15 @@ import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tenantry.errors import BackupError, TenantStateError
-from tenantry.lifecycle.transfer import export_tenant
-from tenantry.tenancy.catalog import IsolationMode, TenantStatus
+from tenantry.lifecycle.export import export_tenant
+from tenantry.tenancy.catalog import TenantStatus
+from tenantry.tenancy.facade import Tenancy
 from tenantry.tenancy.ids import validate_tenant_id
-from tenantry.tenancy.isolation import schema_name
+from tenantry.tenancy.isolation import strategy_for
 from tenantry.tenancy.logs import get_logger
 from tenantry.tenancy.store import Store
-
-if TYPE_CHECKING:
-    from tenantry.tenantry import Tenantry
 
 log = get_logger(__name__)
 
@@ -46,7 +43,7 @@ class Backup:
     method: str
 
 
-def backup_tenant(tenantry: Tenantry, tenant_id: str, directory: str | Path) -> Backup:
+def backup_tenant(tenantry: Tenancy, tenant_id: str, directory: str | Path) -> Backup:
     """Write one backup file of *tenant_id* into *directory* and return what was made."""
     tenant = tenantry.get_tenant(validate_tenant_id(tenant_id))
     if tenant.status not in _BACKED_UP:
@@ -55,13 +52,15 @@ def backup_tenant(tenantry: Tenantry, tenant_id: str, directory: str | Path) -> 
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{tenant.id}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
-    if tenant.isolation is IsolationMode.SHARED:
+    strategy = strategy_for(tenant.isolation)
+    schema = strategy.data_schema(tenant.id)
+    if strategy.shares_tables:
         path = folder / f"{stem}.tenant"
         export_tenant(tenantry, tenant.id, path)
         made = Backup(tenant.id, path, "export")
-    elif tenant.isolation is IsolationMode.SCHEMA:
+    elif schema is not None:
         path = folder / f"{stem}.dump"
-        _pg_dump(store, None, ["--schema", schema_name(tenant.id)], path)
+        _pg_dump(store, None, ["--schema", schema], path)
         made = Backup(tenant.id, path, "pg_dump --schema")
     elif store.is_postgres:
         path = folder / f"{stem}.dump"

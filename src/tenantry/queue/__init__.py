@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tenantry.queue.admin import QueueAdmin
 from tenantry.queue.client import Queue
 from tenantry.queue.context import JobContext
 from tenantry.queue.control import QueueSettings
@@ -15,6 +16,7 @@ from tenantry.queue.worker import (
     TenantCounters,
     Worker,
     WorkerObserver,
+    WorkerOptions,
     WorkerStats,
 )
 
@@ -28,6 +30,7 @@ __all__ = [
     "JobState",
     "JobTimeoutError",
     "Queue",
+    "QueueAdmin",
     "QueueSettings",
     "QueueStats",
     "RetryPolicy",
@@ -35,5 +38,6 @@ __all__ = [
     "TenantQueueStats",
     "Worker",
     "WorkerObserver",
+    "WorkerOptions",
     "WorkerStats",
 ]

@@ -59,9 +59,9 @@ class EnqueuedJobs(ByIds[EnqueuedJob]):
     """The jobs one ``enqueue_many`` created, alike but for their ids.
 
     Each ``EnqueuedJob`` is built when it is read, not up front: answering a
-    20,000-job enqueue with 20,000 objects cost about 45 ms of a 200 ms
-    call (a quarter), in the objects themselves and in the garbage
-    collections their allocation set off. Callers that want only the ids
+    large enqueue with one object per job costs a real share of the call, in
+    the objects themselves and in the garbage collections their allocation
+    sets off (measured: see docs/performance.md). Callers that want only the ids
     read ``ids`` and never build one. It compares equal to a list of the
     same jobs.
     """

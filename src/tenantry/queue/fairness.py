@@ -142,7 +142,7 @@ class DecayingCounts:
 
     The worker's recent starts per tenant decay like this, and every claim
     reads them all. Decaying each entry with its own power on every read
-    cost 20 ms per claim with thousands of tenants seen recently; here values
+    grows costly with thousands of tenants seen recently; here values
     are stored scaled to a reference time, so time passing changes one factor
     for all of them. Entries that decayed below ``FLOOR`` are dropped.
     """

@@ -14,7 +14,7 @@ from sqlalchemy import Connection
 
 from tenantry.errors import DB_ERRORS
 from tenantry.queue import control
-from tenantry.queue.backends import backend_for, ensure_queue_schema, ensure_store_queue
+from tenantry.queue.drivers import driver_for, ensure_queue_schema, ensure_store_queue
 from tenantry.queue.sources import source_of
 from tenantry.tenancy.catalog import Tenant
 from tenantry.tenancy.logs import get_logger
@@ -36,7 +36,7 @@ class QueueHooks:
         ensure_queue_schema(conn, store)
 
     def tenant_data_dropped(self, conn: Connection, store: Store, tenant_id: str) -> None:
-        backend_for(store.dialect).delete_tenant_jobs(conn, tenant_id)
+        driver_for(store.dialect).delete_tenant_jobs(conn, tenant_id)
 
     def status_changed(self, tenant: Tenant, store: Store) -> bool:
         """Mirror the tenant's status and queue settings next to its jobs.
@@ -66,7 +66,7 @@ class QueueHooks:
             return
         source = source_of(tenant, store)
         with source.engine().begin() as conn:
-            cancelled = backend_for(store.dialect).cancel_tenant_jobs(conn, tenant.id)
+            cancelled = driver_for(store.dialect).cancel_tenant_jobs(conn, tenant.id)
         if cancelled:
             log.info("cancelled %d unfinished job(s) of tenant %s", cancelled, tenant.id)
 

@@ -67,7 +67,7 @@ class Handler:
 
         In JSON mode pydantic reads back what enqueue wrote (``json_text``): a
         strict model's datetimes and bytes are strings in JSON, which Python
-        mode refuses, so such jobs used to go dead as poison. From the text
+        mode refuses, so such jobs would go dead as poison. From the text
         (PostgreSQL claims keep it, ``PAYLOAD_TEXT``) parsing and validation
         are also one pass, where ``json.loads`` and then validating the objects
         walked the payload twice.

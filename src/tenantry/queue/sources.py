@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tenantry.queue.backends import QueueBackend, backend_for
-from tenantry.tenancy.catalog import IsolationMode, Tenant
+from tenantry.queue import engines
+from tenantry.queue.drivers import QueueDriver, driver_for
+from tenantry.tenancy.catalog import Tenant
+from tenantry.tenancy.isolation import strategy_for
 from tenantry.tenancy.store import Store
 
 
@@ -28,8 +30,8 @@ class JobSource:
         return f"{self.store.name}/{self.tenant_id}" if self.tenant_id else self.store.name
 
     @property
-    def backend(self) -> QueueBackend:
-        return backend_for(self.store.dialect)
+    def driver(self) -> QueueDriver:
+        return driver_for(self.store.dialect)
 
     def engine(self, *, write: bool = True) -> Engine:
         """Sync engine; ``write=False`` for read-only work (no write lock on SQLite)."""
@@ -37,36 +39,36 @@ class JobSource:
             engine = self.store.admin_engine()
         else:
             engine = self.store.tenant_engine(self.tenant_id, admin=True)
-        options = self.backend.write_options
+        options = self.driver.write_options
         return engine.execution_options(**options) if write and options else engine
 
     def enqueue_engine(self) -> Engine:
-        """For standalone enqueues (``Store.enqueue_engine``), with the write options."""
-        engine = self.store.enqueue_engine(self.tenant_id)
-        options = self.backend.write_options
+        """For standalone enqueues (``engines.enqueue_engine``), with the write options."""
+        engine = engines.enqueue_engine(self.store, self.tenant_id)
+        options = self.driver.write_options
         return engine.execution_options(**options) if options else engine
 
     def claim_engine(self) -> Engine:
         """For claim transactions, run on the worker's claim thread.
 
-        The store's claim engine (``Store.claim_engine``), or a tenant
+        The store's claim engine (``engines.claim_engine``), or a tenant
         database's admin engine.
         """
         if self.tenant_id is not None:
             return self.engine()
-        engine = self.store.claim_engine()
-        options = self.backend.write_options
+        engine = engines.claim_engine(self.store)
+        options = self.driver.write_options
         return engine.execution_options(**options) if options else engine
 
     def async_engine(self) -> AsyncEngine:
         # Queue transactions write; on SQLite they take the write lock at BEGIN
         # so a read-then-write transaction cannot fail half-way with BUSY.
-        engine = self.store.queue_async_engine(self.tenant_id)
-        options = self.backend.write_options
+        engine = engines.queue_async_engine(self.store, self.tenant_id)
+        options = self.driver.write_options
         return engine.execution_options(**options) if options else engine
 
 
 def source_of(tenant: Tenant, store: Store) -> JobSource:
-    if tenant.isolation is IsolationMode.DATABASE:
+    if strategy_for(tenant.isolation).own_database:
         return JobSource(store, tenant.id)
     return JobSource(store)

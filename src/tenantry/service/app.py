@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tenantry import __version__
 from tenantry.errors import TenantryError
 from tenantry.queue import JobRegistry, Queue, Worker
+from tenantry.queue.worker import WorkerOptions
 from tenantry.service import api, dashboard
 from tenantry.service.auth import Auth
 from tenantry.service.errors import error_body, status_for
@@ -43,6 +44,11 @@ log = get_logger(__name__)
 #: Request bodies are small JSON documents (a payload, tenant settings): a
 #: larger body is refused (413) before it is read into memory.
 MAX_BODY_BYTES = 1 << 20
+
+#: Seconds the embedded worker gets beyond its grace period to drain, then after
+#: a hard stop, before shutdown goes on without it.
+_STOP_MARGIN = 15.0
+_HARD_STOP_WAIT = 10.0
 
 INSECURE_BANNER = (
     "INSECURE DEV MODE: tenantry serve runs WITHOUT an admin token. Anyone who can reach "
@@ -171,14 +177,15 @@ def create_app(
     *,
     settings: ServiceSettings,
     run_worker: bool = True,
-    worker_options: Mapping[str, Any] | None = None,
+    worker_options: WorkerOptions | None = None,
 ) -> FastAPI:
     """The service for *tenantry*; with a *registry*, jobs can be enqueued and run.
 
     ``run_worker=False`` serves the API and dashboard only (workers run
-    elsewhere). ``worker_options`` go to :class:`~tenantry.Worker`
-    (``concurrency``, ``poll_interval``, ...). The caller keeps ownership of
-    *tenantry* and closes it after the app has stopped.
+    elsewhere). ``worker_options`` configure the embedded
+    :class:`~tenantry.Worker` (default: :class:`~tenantry.WorkerOptions`'s
+    defaults). The caller keeps ownership of *tenantry* and closes it after the
+    app has stopped.
     """
     queue = Queue(tenantry, registry or JobRegistry())
     metrics = ServiceMetrics(
@@ -194,13 +201,13 @@ def create_app(
         auth=Auth(settings),
         metrics=metrics,
         monitor=Monitor(
-            queue,
+            queue.admin,
             interval=settings.sample_interval,
             keep=settings.samples_kept,
             window=settings.stats_window,
         ),
         run_worker=run_worker,
-        worker_options=dict(worker_options or {}),
+        worker_options=worker_options if worker_options is not None else WorkerOptions(),
     )
     if settings.open_admin:
         log.warning(INSECURE_BANNER)
@@ -271,7 +278,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 async def _start_worker(state: ServiceState) -> None:
     assert state.registry is not None
-    worker = Worker(state.tenantry, state.registry, observer=state.metrics, **state.worker_options)
+    worker = Worker(state.tenantry, state.registry, state.worker_options, observer=state.metrics)
     state.worker = worker
     task = asyncio.create_task(worker.run(), name="tenantry-embedded-worker")
     state.worker_task = task
@@ -289,11 +296,28 @@ async def _stop_worker(state: ServiceState) -> None:
         return
     worker.stop()
     try:
-        await asyncio.wait_for(asyncio.shield(task), worker.shutdown_grace + 15)
+        await asyncio.wait_for(
+            asyncio.shield(task), state.worker_options.shutdown_grace + _STOP_MARGIN
+        )
     except TimeoutError:
         log.error("embedded worker did not stop in time; stopping it hard")
         worker.stop(hard=True)
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await asyncio.wait_for(task, 10)
+        await _wait_after_hard_stop(task)
     except Exception:
         log.exception("embedded worker failed")
+
+
+async def _wait_after_hard_stop(task: asyncio.Task[Any]) -> None:
+    """Give a hard-stopped worker a last moment; whatever happens, shutdown goes on.
+
+    The service must still close, so nothing is raised from here, but each way
+    the worker can end is logged: a silent shutdown would hide a stuck handler.
+    """
+    try:
+        await asyncio.wait_for(task, _HARD_STOP_WAIT)
+    except TimeoutError:
+        log.error("embedded worker did not stop after a hard stop; cancelled it")
+    except asyncio.CancelledError:
+        log.warning("embedded worker was cancelled while stopping hard")
+    except Exception:
+        log.exception("embedded worker failed while stopping hard")

@@ -305,7 +305,7 @@ async def dead_letters(request: Request) -> Response:
     page = _page_args(request)
 
     def load() -> tuple[list[Job], list[Tenant]]:
-        jobs = svc.queue.list_jobs(
+        jobs = svc.queue.admin.list_jobs(
             tenant_id=tenant_id,
             state=JobState.DEAD,
             limit=PAGE_SIZE + 1,
@@ -341,15 +341,15 @@ async def tenant_page(request: Request, tenant_id: str) -> Response:
 
     def load() -> dict[str, Any]:
         tenant = svc.tenantry.get_tenant(tenant_id)
-        stats = svc.queue.stats(tenant_id=tenant_id).tenants[tenant_id]
-        jobs = svc.queue.list_jobs(
+        stats = svc.queue.admin.stats(tenant_id=tenant_id).tenants[tenant_id]
+        jobs = svc.queue.admin.list_jobs(
             tenant_id=tenant_id,
             state=state_filter,
             limit=PAGE_SIZE + 1,
             offset=(page - 1) * PAGE_SIZE,
         )
         keys = svc.tenantry.api_keys.list(tenant_id)
-        counts = svc.queue.count_jobs(tenant_id=tenant_id)
+        counts = svc.queue.admin.count_jobs(tenant_id=tenant_id)
         return {"tenant": tenant, "tstats": stats, "jobs": jobs, "keys": keys, "counts": counts}
 
     data = await run_in_threadpool(load)
@@ -374,7 +374,7 @@ async def job_page(request: Request, tenant_id: str, job_id: JobId) -> Response:
     session = session_of(request)
     svc = service_of(request)
     validate_tenant_id(tenant_id)
-    job = await run_in_threadpool(svc.queue.get_job, tenant_id, job_id)
+    job = await run_in_threadpool(svc.queue.admin.get_job, tenant_id, job_id)
     return render(request, "job.html", session=session, job=job, here=_here(request))
 
 
@@ -397,19 +397,23 @@ async def _act(
 @router.post("/tenants/{tenant_id}/jobs/{job_id}/retry")
 async def retry_job(request: Request, tenant_id: str, job_id: JobId) -> Response:
     validate_tenant_id(tenant_id)
-    return await _act(request, lambda s: s.queue.retry_job(tenant_id, job_id), "retried", job_id)
+    return await _act(
+        request, lambda s: s.queue.admin.retry_job(tenant_id, job_id), "retried", job_id
+    )
 
 
 @router.post("/tenants/{tenant_id}/jobs/{job_id}/cancel")
 async def cancel_job(request: Request, tenant_id: str, job_id: JobId) -> Response:
     validate_tenant_id(tenant_id)
-    return await _act(request, lambda s: s.queue.cancel_job(tenant_id, job_id), "cancelled", job_id)
+    return await _act(
+        request, lambda s: s.queue.admin.cancel_job(tenant_id, job_id), "cancelled", job_id
+    )
 
 
 @router.post("/tenants/{tenant_id}/retry-dead")
 async def retry_dead(request: Request, tenant_id: str) -> Response:
     validate_tenant_id(tenant_id)
-    return await _act(request, lambda s: s.queue.retry_dead(tenant_id), "retried_dead")
+    return await _act(request, lambda s: s.queue.admin.retry_dead(tenant_id), "retried_dead")
 
 
 @router.post("/tenants/{tenant_id}/suspend")

@@ -3,7 +3,7 @@
 Two sources, because they answer different questions:
 
 * **Queue gauges** are read from the jobs tables at scrape time
-  (:meth:`Queue.stats`), so they cover every worker of every process.
+  (:meth:`QueueAdmin.stats`), so they cover every worker of every process.
 * **Worker counters and histograms** come from the embedded worker through its
   observer hook (:class:`tenantry.queue.WorkerObserver`): outcomes, handler
   durations, claim round trips and claim latency. They cover this process only.

@@ -1,7 +1,7 @@
 """Periodic samples of the queue for the dashboard's live overview and chart.
 
 The jobs tables are the only place that sees every worker, so the samples
-come from :meth:`Queue.stats`, not from the embedded worker's counters. Each
+come from :meth:`QueueAdmin.stats`, not from the embedded worker's counters. Each
 sample counts the jobs that finished since the previous one (``finished_at``
 in that interval), so the throughput chart shows every worker's completions
 exactly once, however the sampling drifts. Samples are kept in memory only:
@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from tenantry.queue import Queue, QueueStats
+from tenantry.queue import QueueAdmin, QueueStats
 from tenantry.queue.job import utcnow
 from tenantry.tenancy.logs import get_logger
 
@@ -47,8 +47,8 @@ class Sample:
 class Monitor:
     """Keeps the latest :class:`QueueStats` and a bounded series of :class:`Sample`."""
 
-    def __init__(self, queue: Queue, *, interval: float, keep: int, window: float) -> None:
-        self.queue = queue
+    def __init__(self, admin: QueueAdmin, *, interval: float, keep: int, window: float) -> None:
+        self.admin = admin
         self.interval = interval
         self.window = window
         self.samples: deque[Sample] = deque(maxlen=keep)
@@ -104,10 +104,10 @@ class Monitor:
 
     def _take(self) -> tuple[QueueStats, Sample]:
         previous = self.samples[-1].at if self.samples else None
-        stats = self.queue.stats(window=timedelta(seconds=self.window))
+        stats = self.admin.stats(window=timedelta(seconds=self.window))
         since = previous or stats.at - timedelta(seconds=self.interval)
         span = max(utcnow() - since, timedelta(milliseconds=1))
-        recent = self.queue.stats(window=span).total()
+        recent = self.admin.stats(window=span).total()
         total = stats.total()
         sample = Sample(
             at=stats.at,

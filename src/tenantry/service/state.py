@@ -10,6 +10,7 @@ from starlette.requests import Request
 
 from tenantry.errors import NoJobRegistryError
 from tenantry.queue import JobRegistry, Queue, Worker
+from tenantry.queue.worker import WorkerOptions
 from tenantry.service.auth import Auth
 from tenantry.service.metrics import ServiceMetrics
 from tenantry.service.monitor import Monitor
@@ -34,7 +35,7 @@ class ServiceState:
     metrics: ServiceMetrics
     monitor: Monitor
     run_worker: bool = True
-    worker_options: dict[str, Any] = field(default_factory=dict)
+    worker_options: WorkerOptions = field(default_factory=WorkerOptions)
     worker: Worker | None = None
     worker_task: asyncio.Task[Any] | None = None
 

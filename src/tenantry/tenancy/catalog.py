@@ -235,10 +235,10 @@ class Catalog:
 
         A worker checks each job's tenant before it starts the job; with
         thousands of tenants most jobs' tenants were not looked up within the
-        ttl, so most claimed batches waited for a catalog query first (about
-        1.5 ms here). Listing whole entries to keep them cached took 100 ms of
-        Python for 10,000 tenants, long enough to hold up the worker's event
-        loop (the GIL); this listing takes a tenth of that. Fresh for ``ttl``
+        ttl, so most claimed batches would wait for a catalog query first.
+        Listing whole entries to keep them cached costs enough Python to hold
+        up the worker's event loop (the GIL); ids and statuses alone are far
+        cheaper (measured: see docs/performance.md). Fresh for ``ttl``
         from when the read began, as a lookup made then would be; a tenant
         invalidated locally since is left out (it is looked up again).
         """
@@ -348,11 +348,11 @@ class Catalog:
         """Every tenant, as ``list()``; whole rows are read only for those not in
         *known* as they are now (a new ``updated_at``).
 
-        A worker lists the whole catalog at each refresh. Whole rows cost about
-        150 ms for 10,000 tenants, mostly Python (parsing each row's settings
-        and timestamps, building the entries), and while that ran on its thread
-        the worker's event loop waited for the GIL: jobs started late. Ids and
-        ``updated_at`` alone are a tenth of that. Every catalog write sets
+        A worker lists the whole catalog at each refresh. Whole rows cost
+        mostly Python (parsing each row's settings and timestamps, building the
+        entries), and while that runs on its thread the worker's event loop
+        waits for the GIL: jobs start late. Ids and ``updated_at`` alone are
+        far cheaper (measured: see docs/performance.md). Every catalog write sets
         ``updated_at``; an edit made behind tenantry's back without it is seen
         by the next full ``list()``.
         """

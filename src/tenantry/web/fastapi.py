@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from tenantry.errors import ConfigError, TenantRequiredError
 from tenantry.tenancy.catalog import Tenant
-from tenantry.tenantry import Tenantry
+from tenantry.tenancy.facade import Tenancy
 from tenantry.web.middleware import SCOPE_TENANTRY, tenant_of
 from tenantry.web.refusals import REFUSALS, refusal_for
 
@@ -37,7 +37,7 @@ TenantDep = Annotated[Tenant, Depends(current_tenant_dep)]
 async def tenant_session(request: Request, tenant: TenantDep) -> AsyncIterator[AsyncSession]:
     """An async session bound to the request's tenant, closed after the request."""
     tenantry = request.scope.get(SCOPE_TENANTRY)
-    if not isinstance(tenantry, Tenantry):
+    if not isinstance(tenantry, Tenancy):
         raise ConfigError("tenant_session needs TenantMiddleware in front of the app")
     async with tenantry.async_session() as session:
         yield session

@@ -21,8 +21,8 @@ from typing import Any
 from tenantry.errors import TenantRequiredError, TenantryError
 from tenantry.tenancy.catalog import Tenant
 from tenantry.tenancy.context import no_tenant, tenant_context
+from tenantry.tenancy.facade import Tenancy
 from tenantry.tenancy.logs import get_logger
-from tenantry.tenantry import Tenantry
 from tenantry.web.asgi import ASGIApp, Receive, RequestInfo, Scope, Send
 from tenantry.web.chain import Resolution, ResolverChain
 from tenantry.web.lookup import servable_tenant
@@ -65,7 +65,7 @@ class TenantMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        tenantry: Tenantry,
+        tenantry: Tenancy,
         resolvers: Sequence[Resolver],
         *,
         exclude_paths: Iterable[str] = (),

@@ -353,13 +353,13 @@ class JobBook:
 
     # -- observations ------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
-        return self.queue.count_jobs()
+        return self.queue.admin.count_jobs()
 
     def completed(self) -> int:
         return self.counts()[JobState.COMPLETED.value]
 
     def all_jobs(self) -> list[Job]:
-        return self.queue.list_jobs(limit=len(self.jobs) + 1000)
+        return self.queue.admin.list_jobs(limit=len(self.jobs) + 1000)
 
     def notes(self) -> Counter[str]:
         """Notes per key, read through each tenant's own session (so isolation applies)."""

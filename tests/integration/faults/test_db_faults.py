@@ -211,7 +211,7 @@ def test_server_restart_worker_reconnects_and_enqueue_fails_cleanly(
         tolerated = fleet.assert_no_internal_errors(tolerate_db_errors=True)
         # A job reported as enqueued is never missing...
         for job in book.jobs:
-            found = book.queue.get_job(job.tenant_id, job.id)
+            found = book.queue.admin.get_job(job.tenant_id, job.id)
             assert found.payload["key"] in book.keys
         # ...every one ran exactly once. A refused enqueue never ran, except that one
         # whose connection broke around COMMIT has an unknown outcome (as documented):

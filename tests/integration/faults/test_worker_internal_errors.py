@@ -21,7 +21,8 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from tenantry import Tenant, Worker
-from tenantry.queue.backends.sqlite import SqliteBackend
+from tenantry.queue import WorkerOptions
+from tenantry.queue.drivers.sqlite import SqliteDriver
 from tests.conftest import TenantryFactory
 from tests.integration.faults.harness import JobBook
 from tests.queue_app import registry
@@ -61,7 +62,11 @@ async def test_catalog_lookup_outage_is_not_logged_as_internal_error(
     monkeypatch.setattr(tenantry.catalog, "get_cached", never_cached)
     caplog.set_level(logging.INFO, logger="tenantry")
 
-    worker = Worker(tenantry, registry, concurrency=2, poll_interval=0.05, lease_seconds=5)
+    worker = Worker(
+        tenantry,
+        registry,
+        WorkerOptions(concurrency=2, poll_interval=0.05, lease_seconds=5),
+    )
     task = asyncio.create_task(worker.run())
     try:
         deadline = time.monotonic() + 30
@@ -98,7 +103,7 @@ async def test_a_job_that_cannot_be_released_is_not_held_forever(
 
     outage = True
     real_get = tenantry.catalog.get
-    real_release = SqliteBackend.release
+    real_release = SqliteDriver.release
 
     def broken() -> OperationalError:
         return OperationalError("...", {}, ConnectionError("database is away"))
@@ -108,23 +113,25 @@ async def test_a_job_that_cannot_be_released_is_not_held_forever(
             raise broken()
         return real_get(tenant_id, cached=cached)
 
-    def flaky_release(self: SqliteBackend, conn: Any, leases: Any) -> set[int]:
+    def flaky_release(self: SqliteDriver, conn: Any, leases: Any) -> set[int]:
         if outage:
             raise broken()
         return real_release(self, conn, leases)
 
     monkeypatch.setattr(tenantry.catalog, "get", flaky_get)
     monkeypatch.setattr(tenantry.catalog, "get_cached", lambda tenant_id: None)
-    monkeypatch.setattr(SqliteBackend, "release", flaky_release)
+    monkeypatch.setattr(SqliteDriver, "release", flaky_release)
 
     worker = Worker(
         tenantry,
         registry,
-        concurrency=1,
-        poll_interval=0.05,
-        lease_seconds=1.0,
-        heartbeat_interval=0.2,
-        rescue_interval=0.2,
+        WorkerOptions(
+            concurrency=1,
+            poll_interval=0.05,
+            lease_seconds=1.0,
+            heartbeat_interval=0.2,
+            rescue_interval=0.2,
+        ),
     )
     task = asyncio.create_task(worker.run())
     try:

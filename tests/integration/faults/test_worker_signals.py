@@ -24,7 +24,7 @@ from tests.conftest import TenantryFactory
 from tests.integration.faults.conftest import FleetFactory
 from tests.integration.faults.harness import JobBook, WorkerFleet, WorkerProcess, wait_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.slow, pytest.mark.timing, pytest.mark.timeout(120)]
 
 CONCURRENCY = 8
 JOBS = 20  # 8 running + 8 prefetched + 4 never claimed

@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from tenantry import Tenantry, tenant_context
 from tenantry.errors import BackupError
 from tenantry.lifecycle.backup import backup_tenant
-from tenantry.lifecycle.transfer import import_tenant
+from tenantry.lifecycle.import_ import import_tenant
 from tests.conftest import TenantryFactory
 from tests.models import Note
 
@@ -38,6 +38,8 @@ def _restore(t: Tenantry, dump: Path) -> list[str]:
             "--no-owner",
             "-h",
             str(url.host),
+            "-p",
+            str(url.port or 5432),
             "-U",
             str(url.username),
             "-d",

@@ -24,6 +24,7 @@ from tenantry import (
 )
 from tenantry.errors import MigrationError, TenantMigratingError
 from tenantry.lifecycle.migrations.runner import Migrator, Outcome, TargetKind
+from tenantry.queue import WorkerOptions
 from tenantry.tenancy.isolation import schema_name
 from tests.conftest import TenantryFactory, modes_for
 from tests.integration.lifecycle.conftest import LifecycleFactory
@@ -413,7 +414,7 @@ async def test_the_worker_starts_no_job_of_a_tenant_while_it_migrates(
         lambda: t.get_tenant("acme").status is TenantStatus.MIGRATING, 10, what="migrating"
     )
     paused_at = time.monotonic()
-    worker = Worker(deployed, registry, poll_interval=0.05, refresh_interval=0.2)
+    worker = Worker(deployed, registry, WorkerOptions(poll_interval=0.05, refresh_interval=0.2))
     try:
         async with running(worker):
             report = await migration

@@ -49,7 +49,8 @@ from tenantry.errors import (
     ExportFormatError,
     ExportRevisionError,
 )
-from tenantry.lifecycle.transfer import export_tenant, import_tenant
+from tenantry.lifecycle.export import export_tenant
+from tenantry.lifecycle.import_ import import_tenant
 from tenantry.queue.schema import jobs_table
 from tenantry.queue.sources import source_of
 from tenantry.tenancy.isolation import strategy_for

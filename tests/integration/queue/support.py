@@ -14,7 +14,18 @@ import pytest
 from sqlalchemy import func, select, update
 
 from tenantry import Tenantry, tenant_context
-from tenantry.queue import EnqueuedJob, Job, JobRegistry, JobState, Queue, Worker, WorkerStats
+from tenantry.queue import (
+    EnqueuedJob,
+    Job,
+    JobRegistry,
+    JobState,
+    Queue,
+    Worker,
+    WorkerObserver,
+    WorkerOptions,
+    WorkerStats,
+)
+from tenantry.queue.drivers import ClaimRequest
 from tenantry.queue.schema import jobs_table as J
 from tenantry.queue.sources import JobSource
 from tests.conftest import ALL_CASES, TenantryFactory
@@ -47,13 +58,13 @@ class Env:
 
     # -- reading --------------------------------------------------------------------
     def job(self, tenant_id: str, job_id: int) -> Job:
-        return self.queue.get_job(tenant_id, job_id)
+        return self.queue.admin.get_job(tenant_id, job_id)
 
     async def ajob(self, tenant_id: str, job_id: int) -> Job:
-        return await asyncio.to_thread(self.queue.get_job, tenant_id, job_id)
+        return await asyncio.to_thread(self.queue.admin.get_job, tenant_id, job_id)
 
     def counts(self, tenant_id: str) -> dict[str, int]:
-        return self.queue.count_jobs(tenant_id=tenant_id)
+        return self.queue.admin.count_jobs(tenant_id=tenant_id)
 
     def total(self, tenant_id: str) -> int:
         return sum(self.counts(tenant_id).values())
@@ -79,7 +90,13 @@ class Env:
             return sorted(s.scalars(select(Note.body)))
 
     # -- workers --------------------------------------------------------------------
-    def worker(self, registry: JobRegistry | None = None, **options: Any) -> Worker:
+    def worker(
+        self,
+        registry: JobRegistry | None = None,
+        *,
+        observer: WorkerObserver | None = None,
+        **options: Any,
+    ) -> Worker:
         settings: dict[str, Any] = {
             "concurrency": 4,
             "poll_interval": 0.05,
@@ -88,25 +105,29 @@ class Env:
             "shutdown_grace": 5.0,
         }
         settings.update(options)
-        return Worker(self.t, registry or self.registry, **settings)
+        return Worker(
+            self.t, registry or self.registry, WorkerOptions(**settings), observer=observer
+        )
 
     # -- direct SQL, as the worker would issue it -------------------------------------
     def source(self, tenant_id: str) -> JobSource:
-        return self.queue.source_for(tenant_id)
+        return self.queue.admin.source_for(tenant_id)
 
     def finish_directly(self, tenant_id: str, limit: int) -> list[int]:
         """Claim and complete up to *limit* available jobs of a tenant (oldest first)."""
         source = self.source(tenant_id)
         with source.engine().begin() as conn:
-            jobs = source.backend.claim(
+            jobs = source.driver.claim(
                 conn,
-                worker_id="test-direct",
-                queues=["default"],
-                limit=limit,
-                lease_seconds=30,
-                tenants=[tenant_id],
+                ClaimRequest(
+                    worker_id="test-direct",
+                    queues=["default"],
+                    limit=limit,
+                    lease_seconds=30,
+                    tenants=[tenant_id],
+                ),
             )
-            done = source.backend.complete(conn, [(j.id, j.lease_token or "") for j in jobs])
+            done = source.driver.complete(conn, [(j.id, j.lease_token or "") for j in jobs])
         assert done == {j.id for j in jobs}
         return sorted(done)
 

@@ -163,7 +163,7 @@ async def abandon(workers: Sequence[Worker], tasks: Sequence[asyncio.Task[Worker
             t for t in asyncio.all_tasks() if t.get_name().startswith("tenantry-") and not t.done()
         ]
         for w in workers:
-            loops.extend(t for t in w._listeners.values() if not t.done())
+            loops.extend(t for t in w.background_tasks() if not t.done())
         left = [t for t in [*tasks, *loops] if not t.done()]
         if not left:
             return
@@ -171,7 +171,7 @@ async def abandon(workers: Sequence[Worker], tasks: Sequence[asyncio.Task[Worker
             task.cancel()
         await asyncio.wait(left, timeout=0.5)
     for w in workers:
-        w._executor.shutdown(wait=False, cancel_futures=True)
+        w.threads.shutdown()
 
 
 # -- checks ---------------------------------------------------------------------------

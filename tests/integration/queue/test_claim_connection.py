@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from tenantry.queue import JobState
-from tenantry.queue.backends.base import QueueBackend
+from tenantry.queue.drivers import ClaimRequest, QueueDriver
 from tenantry.queue.job import Job
 from tenantry.queue.sources import JobSource
 from tests.conftest import TenantryFactory
@@ -28,14 +28,16 @@ pytestmark = pytest.mark.postgres
 
 
 def _claim(source: JobSource, conn: object, limit: int = 10) -> list[Job]:
-    return source.backend.claim(
+    return source.driver.claim(
         conn,  # type: ignore[arg-type]
-        worker_id="test-claim",
-        queues=["default"],
-        limit=limit,
-        lease_seconds=30,
-        tenants=None,
-        fair=False,
+        ClaimRequest(
+            worker_id="test-claim",
+            queues=["default"],
+            limit=limit,
+            lease_seconds=30,
+            tenants=None,
+            fair=False,
+        ),
     )
 
 
@@ -51,19 +53,19 @@ def _live(env: Env) -> dict[str, int]:
     return {state: n for state, n in env.counts("acme").items() if n}
 
 
-def _setup(make_tenantry: TenantryFactory) -> tuple[Env, JobSource, Engine, QueueBackend]:
-    """Five available jobs of acme, its job source, the claim engine and the backend."""
+def _setup(make_tenantry: TenantryFactory) -> tuple[Env, JobSource, Engine, QueueDriver]:
+    """Five available jobs of acme, its job source, the claim engine and the driver."""
     env = build_env(make_tenantry, "postgresql", "shared", noop_registry())
     env.enqueue_many("acme", "record", [{"n": i} for i in range(5)])
     source = env.source("acme")
-    return env, source, source.claim_engine(), source.backend
+    return env, source, source.claim_engine(), source.driver
 
 
 def test_a_claim_alone_is_committed_in_one_statement(make_tenantry: TenantryFactory) -> None:
-    env, source, engine, backend = _setup(make_tenantry)
-    assert backend.claims_in_one_statement(fair=False)
-    assert not backend.claims_in_one_statement(fair=True)  # locks limited tenants first
-    with backend.claim_connection(engine, alone=True) as conn:
+    env, source, engine, driver = _setup(make_tenantry)
+    assert driver.claims_in_one_statement(fair=False)
+    assert not driver.claims_in_one_statement(fair=True)  # locks limited tenants first
+    with driver.claim_connection(engine, alone=True) as conn:
         jobs = _claim(source, conn, limit=3)
         raw = conn.connection.driver_connection
         assert isinstance(raw, psycopg.Connection)
@@ -78,13 +80,13 @@ def test_a_claim_alone_is_committed_in_one_statement(make_tenantry: TenantryFact
 def test_a_claim_with_acknowledgements_is_one_transaction(
     make_tenantry: TenantryFactory,
 ) -> None:
-    env, source, engine, backend = _setup(make_tenantry)
-    with backend.claim_connection(engine, alone=True) as conn:
+    env, source, engine, driver = _setup(make_tenantry)
+    with driver.claim_connection(engine, alone=True) as conn:
         first = _claim(source, conn, limit=2)
 
     def acknowledge_claim_and_die() -> None:
-        with backend.claim_connection(engine, alone=False) as conn:
-            done = backend.complete(conn, [(j.id, j.lease_token or "") for j in first])
+        with driver.claim_connection(engine, alone=False) as conn:
+            done = driver.complete(conn, [(j.id, j.lease_token or "") for j in first])
             assert done == {j.id for j in first}
             assert len(_claim(source, conn, limit=3)) == 3
             raise RuntimeError("the worker died before the commit")
@@ -99,11 +101,11 @@ def test_a_claim_with_acknowledgements_is_one_transaction(
 def test_a_failed_claim_alone_leaves_no_autocommitting_connection(
     make_tenantry: TenantryFactory,
 ) -> None:
-    env, source, engine, backend = _setup(make_tenantry)
+    env, source, engine, driver = _setup(make_tenantry)
 
     # A statement the database refuses: the connection stays, back in transaction mode.
     def refused() -> None:
-        with backend.claim_connection(engine, alone=True) as conn:
+        with driver.claim_connection(engine, alone=True) as conn:
             raw = conn.connection.driver_connection
             assert isinstance(raw, psycopg.Connection)
             raw.execute("SELECT 1 / 0")
@@ -113,7 +115,7 @@ def test_a_failed_claim_alone_leaves_no_autocommitting_connection(
     assert _pooled(engine) == (False, psycopg.pq.TransactionStatus.IDLE)
 
     # The server ends the session mid-claim: the connection is invalidated, not pooled.
-    with backend.claim_connection(engine, alone=True) as conn:
+    with driver.claim_connection(engine, alone=True) as conn:
         raw = conn.connection.driver_connection
         assert isinstance(raw, psycopg.Connection)
         pid = raw.info.backend_pid
@@ -129,7 +131,7 @@ def test_a_failed_claim_alone_leaves_no_autocommitting_connection(
             time.sleep(0.05)
 
     def claim_on_the_dead_connection() -> None:
-        with backend.claim_connection(engine, alone=True) as conn:
+        with driver.claim_connection(engine, alone=True) as conn:
             _claim(source, conn)
 
     with pytest.raises(OperationalError) as lost:
@@ -137,6 +139,6 @@ def test_a_failed_claim_alone_leaves_no_autocommitting_connection(
     assert lost.value.connection_invalidated
     assert _pooled(engine) == (False, psycopg.pq.TransactionStatus.IDLE)
     # Nothing was claimed by the failed attempt; the next claim takes every job.
-    with backend.claim_connection(engine, alone=True) as conn:
+    with driver.claim_connection(engine, alone=True) as conn:
         assert len(_claim(source, conn)) == 5
     assert _live(env) == {"running": 5}

@@ -51,7 +51,7 @@ def test_enqueue_in_session_exists_iff_the_session_commits(
             job = env.queue.enqueue("record", {"n": 2}, session=s)
             s.commit()
 
-    jobs = env.queue.list_jobs(tenant_id="acme")
+    jobs = env.queue.admin.list_jobs(tenant_id="acme")
     assert [j.id for j in jobs] == [job.id]
     assert jobs[0].payload["n"] == 2
     assert jobs[0].state is JobState.AVAILABLE
@@ -83,7 +83,7 @@ async def test_aenqueue_in_async_session_exists_iff_the_session_commits(
         alone = await env.queue.aenqueue("other", {"n": 4})
 
     assert all(j.created for j in [*many, alone])
-    listed = {j.id: j for j in env.queue.list_jobs(tenant_id="acme")}
+    listed = {j.id: j for j in env.queue.admin.list_jobs(tenant_id="acme")}
     assert set(listed) == {many[0].id, many[1].id, alone.id}
     assert listed[many[0].id].payload["n"] == 2
     assert listed[many[1].id].payload["n"] == 3
@@ -121,7 +121,7 @@ def test_refused_enqueues_write_nothing(
         env.queue.enqueue("record", {"n": 1})
     assert env.total("acme") == 0
     assert env.total("globex") == 0
-    assert env.queue.list_jobs() == []
+    assert env.queue.admin.list_jobs() == []
 
     env.t.resume_tenant("globex")
     env.enqueue("globex", "record", {"n": 1})
@@ -140,7 +140,7 @@ def test_enqueue_many_writes_all_rows_in_payload_order(
     assert all(j.created and j.tenant_id == "acme" for j in jobs)
     assert len({j.id for j in jobs}) == 25
     # Returned ids are in payload order.
-    by_id = {j.id: j for j in env.queue.list_jobs(tenant_id="acme", limit=100)}
+    by_id = {j.id: j for j in env.queue.admin.list_jobs(tenant_id="acme", limit=100)}
     assert [by_id[j.id].payload["n"] for j in jobs] == list(range(25))
     assert env.counts("acme")["available"] == 25
     assert env.total("globex") == 0
@@ -227,7 +227,7 @@ def test_jobs_live_where_the_tenant_data_lives(
 
     store = t.default_store
     store_source = JobSource(store)
-    db_source = env_queue.source_for("t_database")
+    db_source = env_queue.admin.source_for("t_database")
     assert db_source.tenant_id == "t_database"
     expected_db = store.tenant_database_name("t_database")
     url = db_source.engine().url
@@ -246,12 +246,16 @@ def test_jobs_live_where_the_tenant_data_lives(
     assert tenants_in(store_source) == sorted(f"t_{m}" for m in modes if m != "database")
     for mode in modes:
         if mode != "database":
-            assert env_queue.source_for(f"t_{mode}").key == store_source.key
-    assert sorted(s.key for s in env_queue.sources()) == sorted({store_source.key, db_source.key})
+            assert env_queue.admin.source_for(f"t_{mode}").key == store_source.key
+    assert sorted(s.key for s in env_queue.admin.sources()) == sorted(
+        {store_source.key, db_source.key}
+    )
     # Operations reach every table.
     with store_source.engine().connect() as conn:
         assert conn.scalar(select(func.count()).select_from(J)) == len(modes) - 1
-    assert sorted(j.tenant_id for j in env_queue.list_jobs()) == sorted(f"t_{m}" for m in modes)
+    assert sorted(j.tenant_id for j in env_queue.admin.list_jobs()) == sorted(
+        f"t_{m}" for m in modes
+    )
 
 
 def test_a_duplicate_describes_the_job_holding_the_key(
@@ -276,20 +280,20 @@ def test_a_finished_holder_frees_the_key_and_requeue_conflicts_are_refused(
     assert env.job("acme", first.id).payload["n"] == 1
 
     # Cancelling (finishing) the holder frees the key.
-    env.queue.cancel_job("acme", first.id)
+    env.queue.admin.cancel_job("acme", first.id)
     fresh = env.enqueue("acme", "other", {"n": 3}, idempotency_key="k")
     assert fresh.created
     assert fresh.id != first.id
     assert (fresh.kind, fresh.state) == ("other", JobState.AVAILABLE)
     # A requeue that would make two unfinished jobs share the key is refused...
     with pytest.raises(JobStateError):
-        env.queue.retry_job("acme", first.id)
+        env.queue.admin.retry_job("acme", first.id)
     assert env.state("acme", first.id) is JobState.CANCELLED
     # ...and retry_dead leaves such a job dead while requeueing the others.
     source = env.source("acme")
     for job_id in (first.id, env.enqueue("acme", "record", {"n": 4}).id):
-        env.set_columns("acme", job_id, state="dead", finished_at=source.backend.now())
-    assert env.queue.retry_dead("acme") == 1
+        env.set_columns("acme", job_id, state="dead", finished_at=source.driver.now())
+    assert env.queue.admin.retry_dead("acme") == 1
     assert env.state("acme", first.id) is JobState.DEAD
     assert env.counts("acme")["available"] == 2
 
@@ -310,7 +314,7 @@ def test_keyed_enqueue_waits_for_an_uncommitted_holder(
             else:
                 s.rollback()
         result = second.result(timeout=20)
-    jobs = env.queue.list_jobs(tenant_id="acme")
+    jobs = env.queue.admin.list_jobs(tenant_id="acme")
     assert len(jobs) == 1
     if outcome == "commit":
         assert (result.id, result.created) == (holder.id, False)
@@ -350,16 +354,16 @@ def test_bulk_rows_round_trip_every_value_type(
             "doc", [{"a": [1, 2.5, None]}, {}, {"nested": {"x": "y"}}], delay=timedelta(0)
         )
         single = queue.enqueue("text", "plain", run_at=run_at)
-    got = [queue.get_job("acme", j.id) for j in texts]
+    got = [queue.admin.get_job("acme", j.id) for j in texts]
     assert [j.payload for j in got] == ["plain", 'quo"te', "", "ünï©ødé"]
     assert all(j.scheduled_at == run_at for j in got)
-    assert queue.get_job("acme", single.id).scheduled_at == run_at
-    assert [queue.get_job("acme", j.id).payload for j in docs] == [
+    assert queue.admin.get_job("acme", single.id).scheduled_at == run_at
+    assert [queue.admin.get_job("acme", j.id).payload for j in docs] == [
         {"a": [1, 2.5, None]},
         {},
         {"nested": {"x": "y"}},
     ]
-    assert all(queue.get_job("acme", j.id).errors == [] for j in docs)
+    assert all(queue.admin.get_job("acme", j.id).errors == [] for j in docs)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

@@ -17,7 +17,7 @@ from sqlalchemy.exc import StatementError
 
 from tenantry import JobContext, JobRegistry, PayloadValidationError, Queue, tenant_context
 from tenantry.queue import JobState
-from tenantry.queue.backends.postgres import _COPY_CHUNK, COPY_MIN_ROWS
+from tenantry.queue.drivers.postgres.copy import COPY_CHUNK, COPY_MIN_ROWS
 from tests.conftest import TenantryFactory
 
 # Strings COPY's text format reads specially (backslash, tab, newline, CR, \N,
@@ -87,7 +87,7 @@ def queue(make_tenantry: TenantryFactory, backend: str) -> Queue:
 
 
 def _stored(queue: Queue, job_ids: list[int]) -> list[Any]:
-    return [queue.get_job("acme", i).payload for i in job_ids]
+    return [queue.admin.get_job("acme", i).payload for i in job_ids]
 
 
 def test_every_path_stores_awkward_payloads_exactly(queue: Queue, backend: str) -> None:
@@ -110,7 +110,7 @@ def test_every_path_stores_awkward_payloads_exactly(queue: Queue, backend: str) 
     assert _stored(queue, [j.id for j in bulk_texts]) == texts
     assert _stored(queue, [keyed.id]) == [NASTY[0]]
     for job in (bulk[0], bulk[-1], few[0], ones[-1]):
-        got = queue.get_job("acme", job.id)
+        got = queue.admin.get_job("acme", job.id)
         assert (got.queue, got.correlation_id) == (options["queue"], options["correlation_id"])
         assert (got.kind, got.errors, got.attempt, got.state) == ("doc", [], 0, JobState.AVAILABLE)
         assert (job.queue, job.kind, job.state, job.created) == (
@@ -143,7 +143,7 @@ def test_bulk_stores_every_column_as_one_row_does(queue: Queue) -> None:
             bulk = queue.enqueue_many("doc", _docs(COPY_MIN_ROWS), **options)
             one = queue.enqueue("doc", {"one": 1}, **options)
         for job in (bulk[0], bulk[-1]):
-            got, ref = queue.get_job("acme", job.id), queue.get_job("acme", one.id)
+            got, ref = queue.admin.get_job("acme", job.id), queue.admin.get_job("acme", one.id)
             assert got.scheduled_at == ref.scheduled_at == when
             assert before <= got.created_at <= ref.created_at
             columns = ("state", "priority", "max_attempts", "attempt", "errors", "queue", "kind")
@@ -160,7 +160,7 @@ async def test_async_bulk_stores_awkward_payloads_exactly(queue: Queue) -> None:
         one = await queue.aenqueue("doc", docs[5])
     assert _stored(queue, [j.id for j in bulk]) == docs
     assert _stored(queue, [one.id]) == [docs[5]]
-    assert {queue.get_job("acme", j.id).queue for j in bulk[:3]} == {"a\tq\\"}
+    assert {queue.admin.get_job("acme", j.id).queue for j in bulk[:3]} == {"a\tq\\"}
     await queue.tenantry.aclose()
 
 
@@ -183,7 +183,7 @@ def test_a_non_finite_float_is_refused_before_the_write(
             queue.enqueue_many("num", docs)
         with pytest.raises(PayloadValidationError, match="finite"):
             queue.enqueue_many("doc", [{"x": 1.0}] * (size - 1) + [{"x": [math.nan]}])
-    assert queue.count_jobs(tenant_id="acme")["available"] == 0
+    assert queue.admin.count_jobs(tenant_id="acme")["available"] == 0
     with tenant_context("acme"):
         done = queue.enqueue_many("num", [*docs[:-1], {"x": -0.0}])
         nulls = queue.enqueue_many("doc", [{"x": None}] * size)
@@ -201,7 +201,7 @@ def test_bulk_copy_is_one_copy_and_commits_with_its_notify(make_tenantry: Tenant
     def spy(conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
         statements.append(statement)
 
-    engine = queue.source_for("acme").enqueue_engine()
+    engine = queue.admin.source_for("acme").enqueue_engine()
     event.listen(engine, "before_cursor_execute", spy)
     try:
         with tenant_context("acme"):
@@ -213,7 +213,7 @@ def test_bulk_copy_is_one_copy_and_commits_with_its_notify(make_tenantry: Tenant
     assert any("nextval" in s for s in statements)
     assert any("pg_notify" in s for s in statements)
     assert not any("INSERT INTO" in s for s in statements)
-    assert queue.count_jobs(tenant_id="acme")["available"] == COPY_MIN_ROWS
+    assert queue.admin.count_jobs(tenant_id="acme")["available"] == COPY_MIN_ROWS
 
 
 def test_unserializable_payloads_are_refused_before_anything_is_written(
@@ -224,18 +224,18 @@ def test_unserializable_payloads_are_refused_before_anything_is_written(
 
     with tenant_context("acme"), pytest.raises((StatementError, ValueError, TypeError)):
         queue.enqueue_many("doc", [{"i": 1}] * (COPY_MIN_ROWS - 1) + [{"o": Opaque()}])
-    assert sum(queue.count_jobs(tenant_id="acme").values()) == 0
+    assert sum(queue.admin.count_jobs(tenant_id="acme").values()) == 0
 
 
 def test_a_copy_of_several_chunks_keeps_every_payload_with_its_id(
     queue: Queue, backend: str
 ) -> None:
     """The COPY is sent in chunks, each chunk's payload text made as it is sent."""
-    n = 2 * _COPY_CHUNK + 7
+    n = 2 * COPY_CHUNK + 7
     docs = [{"i": i, "s": NASTY[i % len(NASTY)]} for i in range(n)]
     with tenant_context("acme"):
         jobs = queue.enqueue_many("doc", docs)
     assert len(jobs) == n
     assert [j.id for j in jobs] == sorted({j.id for j in jobs})
-    by_id = {j.id: j.payload for j in queue.list_jobs(tenant_id="acme", limit=n + 1)}
+    by_id = {j.id: j.payload for j in queue.admin.list_jobs(tenant_id="acme", limit=n + 1)}
     assert [by_id[j.id] for j in jobs] == docs

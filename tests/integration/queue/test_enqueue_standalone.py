@@ -29,7 +29,8 @@ from tenantry import (
     tenant_context,
 )
 from tenantry.queue import JobState
-from tenantry.queue.backends.postgres import CHANNEL, _text_params
+from tenantry.queue.drivers.postgres import CHANNEL
+from tenantry.queue.drivers.postgres.fast_insert import text_params
 from tests.conftest import TenantryFactory
 from tests.integration.queue.handlers import noop_registry
 from tests.integration.queue.support import Env, EnvFactory, build_env
@@ -179,7 +180,7 @@ def test_standalone_errors_keep_their_types_and_the_pool_its_connection(
         env.queue.enqueue("record", {"n": 2})
     env.t.resume_tenant("acme")
     env.enqueue("acme", "record", {"n": 3})
-    assert sorted(j.payload["n"] for j in env.queue.list_jobs(tenant_id="acme")) == [0, 3]
+    assert sorted(j.payload["n"] for j in env.queue.admin.list_jobs(tenant_id="acme")) == [0, 3]
 
 
 def _prepared_on(engine: Engine) -> set[str]:
@@ -229,13 +230,13 @@ def test_a_connection_told_not_to_prepare_prepares_nothing(
 
 def test_text_parameters_refuse_nul_and_write_timestamps_in_iso_8601() -> None:
     when = datetime(2031, 2, 3, 4, 5, 6, 7, tzinfo=UTC)
-    assert _text_params(["a", 7, None, when], "utf-8") == [
+    assert text_params(["a", 7, None, when], "utf-8") == [
         b"a",
         b"7",
         None,
         b"2031-02-03T04:05:06.000007+00:00",
     ]
-    assert _text_params(["ok", "n\x00ul"], "utf-8") is None  # psycopg's path refuses it
+    assert text_params(["ok", "n\x00ul"], "utf-8") is None  # psycopg's path refuses it
 
 
 async def test_async_standalone_errors_keep_their_types(make_env: EnvFactory) -> None:
@@ -254,7 +255,7 @@ async def test_async_standalone_errors_keep_their_types(make_env: EnvFactory) ->
         raw = (await aconn.get_raw_connection()).driver_connection
         assert isinstance(raw, psycopg.AsyncConnection)
         assert not raw.autocommit
-    assert sorted(j.payload["n"] for j in env.queue.list_jobs(tenant_id="acme")) == [0, 2]
+    assert sorted(j.payload["n"] for j in env.queue.admin.list_jobs(tenant_id="acme")) == [0, 2]
 
 
 @PG_MODES
@@ -262,7 +263,7 @@ def test_a_terminated_connection_is_unavailable_then_replaced(
     make_tenantry: TenantryFactory, mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # No idle pre-ping: the enqueue itself must meet the dead connection.
-    monkeypatch.setattr("tenantry.tenancy.store.PING_AFTER_IDLE", 3600.0)
+    monkeypatch.setattr("tenantry.queue.engines.PING_AFTER_IDLE", 3600.0)
     env = build_env(make_tenantry, "postgresql", mode, noop_registry())
     kept = env.enqueue("acme", "record", {"n": 1})
     assert _terminate_others(env, "acme") >= 1
@@ -275,7 +276,7 @@ def test_a_terminated_connection_is_unavailable_then_replaced(
     # The pool dropped the dead connection: the next enqueue works, in transaction mode.
     again = env.enqueue("acme", "record", {"n": 3})
     assert not _pooled_autocommit(env.source("acme").enqueue_engine())
-    assert sorted(j.id for j in env.queue.list_jobs(tenant_id="acme")) == [kept.id, again.id]
+    assert sorted(j.id for j in env.queue.admin.list_jobs(tenant_id="acme")) == [kept.id, again.id]
 
 
 @PG_MODES
@@ -292,7 +293,7 @@ async def test_async_a_terminated_connection_is_unavailable_then_replaced(
         assert isinstance(cause, OperationalError)
         assert cause.connection_invalidated
         again = await env.queue.aenqueue("record", {"n": 3})
-    ids = sorted(j.id for j in env.queue.list_jobs(tenant_id="acme"))
+    ids = sorted(j.id for j in env.queue.admin.list_jobs(tenant_id="acme"))
     assert ids == [kept.id, again.id]
 
 

@@ -10,6 +10,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 from tenantry.queue import JobContext, JobRegistry, JobState, RetryPolicy
+from tenantry.queue.drivers import ClaimRequest
 from tests.conftest import TenantryFactory
 from tests.integration.queue.handlers import Item, Recorder
 from tests.integration.queue.support import (
@@ -110,7 +111,7 @@ async def test_dead_letter_then_manual_retry(make_env: EnvFactory, backend: str,
         assert rec.count("globex", bystander.id) == 1
 
         behaviour["fail"] = False
-        revived = await asyncio.to_thread(env.queue.retry_job, "acme", job.id)
+        revived = await asyncio.to_thread(env.queue.admin.retry_job, "acme", job.id)
         assert revived.state is JobState.AVAILABLE
         assert revived.max_attempts == 4
         assert revived.finished_at is None
@@ -141,21 +142,19 @@ def test_retry_dead_requeues_one_tenants_dead_jobs(
     for tid in ("acme", "globex"):
         source = env.source(tid)
         with source.engine().begin() as conn:
-            claimed = source.backend.claim(
+            claimed = source.driver.claim(
                 conn,
-                worker_id="t",
-                queues=["default"],
-                limit=10,
-                lease_seconds=30,
-                tenants=[tid],
+                ClaimRequest(
+                    worker_id="t", queues=["default"], limit=10, lease_seconds=30, tenants=[tid]
+                ),
             )
             for job in claimed:
-                assert source.backend.fail(conn, job, error, retry_at=None, dead=True)
+                assert source.driver.fail(conn, job, error, retry_at=None, dead=True)
     alive = env.enqueue("acme", "boom", {"n": 9})
     assert env.counts("acme")["dead"] == 3
     assert env.counts("globex")["dead"] == 2
 
-    assert env.queue.retry_dead("acme") == 3
+    assert env.queue.admin.retry_dead("acme") == 3
     for job_id in acme:
         job = env.job("acme", job_id)
         assert job.state is JobState.AVAILABLE
@@ -163,8 +162,8 @@ def test_retry_dead_requeues_one_tenants_dead_jobs(
         assert job.max_attempts >= job.attempt + 1
     assert [env.state("globex", i) for i in globex] == [JobState.DEAD, JobState.DEAD]
     assert env.state("acme", alive.id) is JobState.AVAILABLE
-    assert env.queue.retry_dead("acme") == 0
-    assert env.queue.retry_dead("globex") == 2
+    assert env.queue.admin.retry_dead("acme") == 0
+    assert env.queue.admin.retry_dead("globex") == 2
 
 
 @CASES
@@ -250,8 +249,8 @@ async def test_timeout_fails_the_attempt_and_dead_letters(
 async def test_a_timeout_error_raised_by_the_handler_is_an_ordinary_failure(
     make_env: EnvFactory, backend: str, timeout: float | None
 ) -> None:
-    # Regression: this used to crash _execute (f"{None:g}") and leave the job
-    # 'running' forever; with timeout= it was misreported as JobTimeoutError.
+    # A TimeoutError from the handler itself must neither leave the job
+    # 'running' forever nor, with timeout=, be reported as JobTimeoutError.
     registry = JobRegistry()
 
     @registry.handler("upstream", max_attempts=1, timeout=timeout)

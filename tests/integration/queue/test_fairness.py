@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import delete, select
 
 from tenantry.queue import Job, JobState
+from tenantry.queue.drivers import ClaimRequest
 from tenantry.queue.fairness import (
     FAIR_WINDOW,
     Contender,
@@ -145,20 +146,22 @@ def test_each_claim_batch_is_split_as_the_fair_shares_predict(
     env.t.suspend_tenant("te")
     delete_control(env, "th")
     source = env.source("ta")
-    backend_ = source.backend
+    driver = source.driver
     # Another worker runs some jobs already: they count against max_running,
     # not in this worker's fair order.
     with source.engine().begin() as conn:
         for tenant_id, (_, _, already) in PLAN.items():
             if already:
-                pre = backend_.claim(
+                pre = driver.claim(
                     conn,
-                    worker_id="other",
-                    queues=["default"],
-                    limit=already,
-                    lease_seconds=30,
-                    tenants=[tenant_id],
-                    fair=False,
+                    ClaimRequest(
+                        worker_id="other",
+                        queues=["default"],
+                        limit=already,
+                        lease_seconds=30,
+                        tenants=[tenant_id],
+                        fair=False,
+                    ),
                 )
                 assert len(pre) == already
 
@@ -168,14 +171,16 @@ def test_each_claim_batch_is_split_as_the_fair_shares_predict(
     for round_no, limit in enumerate(LIMITS):
         expected, next_ids = _predict(env, list(PLAN), limit, held)
         with source.engine().begin() as conn:
-            jobs = backend_.claim(
+            jobs = driver.claim(
                 conn,
-                worker_id="w",
-                queues=["default"],
-                limit=limit,
-                lease_seconds=30,
-                fair=True,
-                held=dict(held),
+                ClaimRequest(
+                    worker_id="w",
+                    queues=["default"],
+                    limit=limit,
+                    lease_seconds=30,
+                    fair=True,
+                    held=dict(held),
+                ),
             )
         try:
             _check_batch(jobs, expected, next_ids)
@@ -189,7 +194,7 @@ def test_each_claim_batch_is_split_as_the_fair_shares_predict(
         # Finish every other claimed job, so what the worker holds varies.
         finished = sorted(jobs, key=lambda j: j.id)[::2]
         with source.engine().begin() as conn:
-            backend_.complete(conn, [(j.id, j.lease_token or "") for j in finished])
+            driver.complete(conn, [(j.id, j.lease_token or "") for j in finished])
         held.subtract(Counter(j.tenant_id for j in finished))
         assert tenant_state(env, "td").running <= 3
         assert tenant_state(env, "ti").running <= 1
@@ -217,11 +222,14 @@ def test_priority_orders_jobs_within_a_tenant_under_fair_claims(
     order: list[int] = []
     for _ in range(10):
         with source.engine().begin() as conn:
-            jobs = source.backend.claim(
-                conn, worker_id="w", queues=["default"], limit=4, lease_seconds=30, fair=True
+            jobs = source.driver.claim(
+                conn,
+                ClaimRequest(
+                    worker_id="w", queues=["default"], limit=4, lease_seconds=30, fair=True
+                ),
             )
             # Nothing keeps running: each batch is split anew, 2 and 2.
-            source.backend.complete(conn, [(j.id, j.lease_token or "") for j in jobs])
+            source.driver.complete(conn, [(j.id, j.lease_token or "") for j in jobs])
         mine = [j for j in jobs if j.tenant_id == "acme"]
         if jobs and len({j.tenant_id for j in jobs}) == 2:
             assert len(mine) == 2
@@ -354,7 +362,7 @@ async def test_worker_starts_follow_priority_within_a_tenant(make_env: EnvFactor
         e.id for e, _ in sorted(zip(made, priorities, strict=True), key=lambda x: (-x[1], x[0].id))
     ]
     assert timeline.job_ids("acme") == expected
-    globex = env.queue.list_jobs(tenant_id="globex", limit=100)
+    globex = env.queue.admin.list_jobs(tenant_id="globex", limit=100)
     assert timeline.job_ids("globex") == sorted(j.id for j in globex)
 
 
@@ -391,7 +399,7 @@ def test_claims_agree_with_the_fair_shares_for_many_tenants(
     rng = random.Random(20261128)
     env = build_env(make_tenantry, backend, "shared", noop_registry(), ("ta",))
     source = env.source("ta")
-    backend_ = source.backend
+    driver = source.driver
     tenants = [f"t{i:02d}" for i in range(30)]
     base = utcnow() - timedelta(minutes=5)
     rows = []
@@ -418,7 +426,7 @@ def test_claims_agree_with_the_fair_shares_for_many_tenants(
             )
     rng.shuffle(rows)
     with source.engine().begin() as conn:
-        backend_.insert_jobs(conn, rows)
+        driver.write_jobs(conn, rows)
     for tenant_id in tenants:
         roll = rng.random()
         values: dict[str, Any] = {"weight": rng.randrange(1, 6), "paused": roll < 0.15}
@@ -427,8 +435,11 @@ def test_claims_agree_with_the_fair_shares_for_many_tenants(
         if roll < 0.85:  # the rest have no control row: defaults
             insert_control(source, tenant_id, **values)
     with source.engine().begin() as conn:  # another worker runs some already
-        backend_.claim(
-            conn, worker_id="other", queues=["default"], limit=15, lease_seconds=30, fair=False
+        driver.claim(
+            conn,
+            ClaimRequest(
+                worker_id="other", queues=["default"], limit=15, lease_seconds=30, fair=False
+            ),
         )
     claimed = 0
     for round_no in range(25):
@@ -436,14 +447,16 @@ def test_claims_agree_with_the_fair_shares_for_many_tenants(
         held = {t: rng.randrange(0, 4) for t in rng.sample(tenants, 10)}
         expected, next_ids = _predict(env, tenants, limit, held)
         with source.engine().begin() as conn:
-            jobs = backend_.claim(
+            jobs = driver.claim(
                 conn,
-                worker_id="w",
-                queues=["default"],
-                limit=limit,
-                lease_seconds=30,
-                fair=True,
-                held=held,
+                ClaimRequest(
+                    worker_id="w",
+                    queues=["default"],
+                    limit=limit,
+                    lease_seconds=30,
+                    fair=True,
+                    held=held,
+                ),
             )
         try:
             _check_batch(jobs, expected, next_ids)
@@ -451,10 +464,10 @@ def test_claims_agree_with_the_fair_shares_for_many_tenants(
             raise AssertionError(f"round {round_no} (limit {limit}, held {held})") from exc
         claimed += len(jobs)
         # Some running jobs (this worker's or the other's) finish.
-        running_now = env.queue.list_jobs(state=JobState.RUNNING, limit=1000)
+        running_now = env.queue.admin.list_jobs(state=JobState.RUNNING, limit=1000)
         done = [j for j in running_now if rng.random() < 0.5]
         with source.engine().begin() as conn:
-            backend_.complete(conn, [(j.id, j.lease_token or "") for j in done])
+            driver.complete(conn, [(j.id, j.lease_token or "") for j in done])
     assert claimed > 100
 
 
@@ -470,8 +483,9 @@ def test_a_control_row_written_without_paused_does_not_pause_its_tenant(
         conn.execute(delete(C).where(C.c.tenant_id == "ta"))
         conn.execute(C.insert().values(tenant_id="ta", weight=2, updated_at=utcnow()))
     with source.engine().begin() as conn:
-        jobs = source.backend.claim(
-            conn, worker_id="w", queues=["default"], limit=10, lease_seconds=30, fair=True
+        jobs = source.driver.claim(
+            conn,
+            ClaimRequest(worker_id="w", queues=["default"], limit=10, lease_seconds=30, fair=True),
         )
     assert len(jobs) == 3
 
@@ -490,7 +504,7 @@ def test_more_busy_tenants_than_the_window_all_get_their_turn(
     """
     env = build_env(make_tenantry, "postgresql", "shared", noop_registry(), ("ta",))
     source = env.source("ta")
-    backend_ = source.backend
+    driver = source.driver
     tenants = sorted(f"w{i:04d}" for i in range(1000))
     base = utcnow() - timedelta(minutes=5)
     rows: list[dict[str, Any]] = [
@@ -513,7 +527,7 @@ def test_more_busy_tenants_than_the_window_all_get_their_turn(
         for n in range(3)
     ]
     with source.engine().begin() as conn:
-        backend_.insert_jobs(conn, rows)
+        driver.write_jobs(conn, rows)
     served: list[str] = []
     after = ""
 
@@ -521,15 +535,17 @@ def test_more_busy_tenants_than_the_window_all_get_their_turn(
         nonlocal after
         for _ in range(n):
             with source.engine().begin() as conn:
-                jobs = backend_.claim(
+                jobs = driver.claim(
                     conn,
-                    worker_id="w",
-                    queues=["default"],
-                    limit=20,
-                    lease_seconds=30,
-                    fair=True,
-                    held=Counter(served),  # what a worker's load would remember
-                    after=after,
+                    ClaimRequest(
+                        worker_id="w",
+                        queues=["default"],
+                        limit=20,
+                        lease_seconds=30,
+                        fair=True,
+                        held=Counter(served),  # what a worker's load would remember
+                        after=after,
+                    ),
                 )
             served.extend(j.tenant_id for j in jobs)
             after = next_after(after, [j.tenant_id for j in jobs], tenants, FAIR_WINDOW)

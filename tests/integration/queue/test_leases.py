@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from tenantry.queue import Job, JobContext, JobRegistry, JobState
+from tenantry.queue.drivers import ClaimRequest
 from tenantry.queue.job import utcnow
 from tests.conftest import TenantryFactory
 from tests.integration.queue.handlers import Item, Recorder, noop_registry, recording_registry
@@ -32,14 +33,15 @@ def test_outcomes_of_a_stolen_lease_are_void(
     env = build_env(make_tenantry, backend, mode, noop_registry())
     queued = env.enqueue("globex", "record", {"n": 1})
     source = env.source("globex")
-    backend_sql = source.backend
+    driver = source.driver
 
     claimed: list[Job] = []
 
     def claim(worker_id: str) -> list[int]:
         with source.engine().begin() as conn:
-            jobs = backend_sql.claim(
-                conn, worker_id=worker_id, queues=["default"], limit=1, lease_seconds=30
+            jobs = driver.claim(
+                conn,
+                ClaimRequest(worker_id=worker_id, queues=["default"], limit=1, lease_seconds=30),
             )
         claimed.extend(jobs)
         return [j.id for j in jobs]
@@ -53,7 +55,7 @@ def test_outcomes_of_a_stolen_lease_are_void(
     # Worker a stalls; its lease runs out and the rescuer hands the job back.
     env.set_columns("globex", queued.id, lease_expires_at=utcnow() - timedelta(seconds=5))
     with source.engine().begin() as conn:
-        assert backend_sql.rescue_expired(conn) == [(queued.id, JobState.AVAILABLE)]
+        assert driver.rescue_expired(conn) == [(queued.id, JobState.AVAILABLE)]
     rescued = env.job("globex", queued.id)
     assert rescued.state is JobState.AVAILABLE
     assert rescued.lease_token is None
@@ -66,11 +68,11 @@ def test_outcomes_of_a_stolen_lease_are_void(
     old_lease = [(old.id, old.lease_token or "")]
     error = {"at": "x", "attempt": 1, "type": "Late", "message": "late", "traceback": ""}
     with source.engine().begin() as conn:
-        assert backend_sql.complete(conn, old_lease) == set()
-        assert backend_sql.fail(conn, old, error, retry_at=None, dead=True) is False
-        assert backend_sql.fail(conn, old, error, retry_at=utcnow()) is False
-        assert backend_sql.extend_leases(conn, old_lease, 60) == set()
-        assert backend_sql.release(conn, old_lease) == set()
+        assert driver.complete(conn, old_lease) == set()
+        assert driver.fail(conn, old, error, retry_at=None, dead=True) is False
+        assert driver.fail(conn, old, error, retry_at=utcnow()) is False
+        assert driver.extend(conn, old_lease, 60) == set()
+        assert driver.release(conn, old_lease) == set()
     current = env.job("globex", queued.id)
     assert (current.state, current.worker_id, current.lease_token) == (
         JobState.RUNNING,
@@ -80,13 +82,13 @@ def test_outcomes_of_a_stolen_lease_are_void(
     assert current.attempt == 2
 
     with source.engine().begin() as conn:
-        assert backend_sql.complete(conn, [(new.id, new.lease_token or "")]) == {queued.id}
+        assert driver.complete(conn, [(new.id, new.lease_token or "")]) == {queued.id}
     done = env.job("globex", queued.id)
     assert done.state is JobState.COMPLETED
     assert [e["type"] for e in done.errors] == ["LeaseExpired"]
     with source.engine().begin() as conn:
         # Completed is final: not even the rightful lease can complete it twice.
-        assert backend_sql.complete(conn, [(new.id, new.lease_token or "")]) == set()
+        assert driver.complete(conn, [(new.id, new.lease_token or "")]) == set()
     assert env.total("acme") == 0
 
 
@@ -97,7 +99,7 @@ def _self_cancelling_registry(rec: Recorder, env_box: list[Env]) -> JobRegistry:
     @registry.handler("tx_sync", transactional=True)
     def tx_sync(ctx: JobContext, payload: Item) -> None:
         rec.hit(ctx)
-        env_box[0].queue.cancel_job(ctx.tenant_id, ctx.job.id)  # another connection
+        env_box[0].queue.admin.cancel_job(ctx.tenant_id, ctx.job.id)  # another connection
         session: Session = ctx.session
         session.add(Note(body=payload.key))
         session.flush()
@@ -106,7 +108,7 @@ def _self_cancelling_registry(rec: Recorder, env_box: list[Env]) -> JobRegistry:
     @registry.handler("tx_async", transactional=True)
     async def tx_async(ctx: JobContext, payload: Item) -> None:
         rec.hit(ctx)
-        await asyncio.to_thread(env_box[0].queue.cancel_job, ctx.tenant_id, ctx.job.id)
+        await asyncio.to_thread(env_box[0].queue.admin.cancel_job, ctx.tenant_id, ctx.job.id)
         session: AsyncSession = ctx.session
         session.add(Note(body=payload.key))
         await session.flush()
@@ -115,7 +117,7 @@ def _self_cancelling_registry(rec: Recorder, env_box: list[Env]) -> JobRegistry:
     @registry.handler("plain")
     async def plain(ctx: JobContext, payload: Item) -> None:
         rec.hit(ctx)
-        await asyncio.to_thread(env_box[0].queue.cancel_job, ctx.tenant_id, ctx.job.id)
+        await asyncio.to_thread(env_box[0].queue.admin.cancel_job, ctx.tenant_id, ctx.job.id)
         rec.done(ctx)
 
     return registry
@@ -132,7 +134,7 @@ async def test_transactional_writes_roll_back_when_the_lease_is_lost(
     box.append(env)
     job = env.enqueue("acme", kind, {"key": "must-not-exist"})
     keeper = env.enqueue("globex", kind, {"key": "unrelated"})
-    env.queue.cancel_job("globex", keeper.id)
+    env.queue.admin.cancel_job("globex", keeper.id)
     worker = env.worker()
     async with running(worker):
         await wait_until(lambda: worker.stats.lost == 1, 10, what="the lost lease noticed")
@@ -173,13 +175,15 @@ async def test_jobs_of_a_crashed_worker_are_rescued(
     for tid in ("acme", "globex"):
         source = env.source(tid)
         with source.engine().begin() as conn:
-            claimed = source.backend.claim(
+            claimed = source.driver.claim(
                 conn,
-                worker_id="crashed",
-                queues=["default"],
-                limit=5,
-                lease_seconds=0.2,
-                tenants=[tid],
+                ClaimRequest(
+                    worker_id="crashed",
+                    queues=["default"],
+                    limit=5,
+                    lease_seconds=0.2,
+                    tenants=[tid],
+                ),
             )
         assert len(claimed) == 1
     worker = env.worker(rescue_interval=0.2)
@@ -255,9 +259,9 @@ async def test_cancel_reaches_a_running_handler_and_drops_a_prefetched_job(
         await wait_until(lambda: rec.count("acme", first.id) == 1, 10)
         await wait_until(lambda: env.counts("acme")["running"] == 2, 10, what="both claimed")
         for job in (first, second):
-            await asyncio.to_thread(env.queue.cancel_job, "acme", job.id)
+            await asyncio.to_thread(env.queue.admin.cancel_job, "acme", job.id)
         await wait_until(lambda: rec.finished[("acme", first.id)] == 1, 5, what="the handler told")
-        await asyncio.sleep(0.5)
+        await worker.signals.claim_rounds.more(3, timeout=10)  # chances to (wrongly) start it
     assert rec.count("acme", second.id) == 0  # dropped, never started
     assert env.state("acme", first.id) is JobState.CANCELLED
     assert env.state("acme", second.id) is JobState.CANCELLED

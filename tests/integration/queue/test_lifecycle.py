@@ -6,7 +6,7 @@
   outcome of the one that is running.
 * A worker serves tenants created after it started.
 * Control rows that drifted from the catalog are repaired by
-  ``Queue.sync_controls()`` and by the worker's periodic full sync.
+  ``QueueAdmin.sync_controls()`` and by the worker's periodic full sync.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from tests.integration.queue.tenant_support import (
 
 
 @JOB_TABLE_CASES
+@pytest.mark.timing
 async def test_suspension_stops_starts_and_leaves_jobs_untouched_until_resumed(
     make_env: EnvFactory, backend: str, mode: str
 ) -> None:
@@ -54,14 +55,19 @@ async def test_suspension_stops_starts_and_leaves_jobs_untouched_until_resumed(
         other = await asyncio.to_thread(env.enqueue, "globex", "work", {"n": 1})
         await wait_until(lambda: env.state("globex", other.id) is JobState.COMPLETED, 10)
         await wait_until(lambda: env.counts("acme")["running"] == 0, 10, what="in-flight done")
-        await asyncio.sleep(0.8)  # many claim rounds
+        # Jobs claimed before the suspension were put back for suspended_retry:
+        # once they are due again, give the claim loop chances to (wrongly) start them.
+        await wait_until(
+            lambda: env.counts("acme")["scheduled"] == 0, 10, what="postponed jobs due again"
+        )
+        await worker.signals.claim_rounds.more(5, timeout=10)
         # A job claimed just before the suspension may start just after it; none later.
         late = [s for s in timeline.snapshot() if s.tenant_id == "acme"]
         late = [s for s in late if s.start > suspended_at + 0.3]
         assert late == []
         started = timeline.started("acme")
         assert started < 30
-        waiting = [j for j in env.queue.list_jobs(tenant_id="acme", limit=100)]
+        waiting = [j for j in env.queue.admin.list_jobs(tenant_id="acme", limit=100)]
         waiting = [j for j in waiting if j.state is not JobState.COMPLETED]
         assert len(waiting) == 30 - started
         for job in waiting:
@@ -75,11 +81,11 @@ async def test_suspension_stops_starts_and_leaves_jobs_untouched_until_resumed(
         await asyncio.to_thread(env.t.resume_tenant, "acme")
         await wait_until(lambda: env.counts("acme")["completed"] == 30, 20, what="all of acme")
     assert timeline.calls().most_common(1)[0][1] == 1
-    assert all(j.attempt == 1 for j in env.queue.list_jobs(tenant_id="acme", limit=100))
+    assert all(j.attempt == 1 for j in env.queue.admin.list_jobs(tenant_id="acme", limit=100))
 
 
 def _rows_left(env: Env, tenant_id: str, source_key: str) -> int:
-    source = next(s for s in env.queue.sources() if s.key == source_key)
+    source = next(s for s in env.queue.admin.sources() if s.key == source_key)
     with source.engine(write=False).connect() as conn:
         query = select(func.count()).select_from(J).where(J.c.tenant_id == tenant_id)
         return int(conn.scalar(query) or 0)
@@ -107,7 +113,7 @@ async def test_deleting_a_tenant_cancels_its_waiting_jobs_before_they_run(
     env.t.suspend_tenant("globex")  # nothing of globex starts before the delete
     worker = env.worker(refresh_interval=0.2)
     async with running(worker):
-        await asyncio.sleep(0.3)
+        await worker.signals.claim_rounds.more(3, timeout=10)
         await asyncio.to_thread(env.t.delete_tenant, "globex")
         job = await asyncio.to_thread(env.enqueue, "acme", "work", {"n": 1})
         await wait_until(lambda: env.state("acme", job.id) is JobState.COMPLETED, 10)
@@ -142,7 +148,8 @@ async def test_a_tenant_deleted_while_a_worker_runs_can_be_created_again(
             lambda: env.counts("globex")["completed"] == 3, 10, what="globex's jobs done"
         )
         await asyncio.to_thread(env.t.delete_tenant, "globex")
-        await asyncio.sleep(1.0)  # past the worker's next refresh
+        # A refresh that began before the deletion may miss it; the next one does not.
+        await worker.signals.refreshes.more(2, timeout=10)
         if mode == "database":
             assert _database_gone(env, db_name)
         await asyncio.to_thread(env.t.create_tenant, "globex", isolation=mode)
@@ -153,7 +160,7 @@ async def test_a_tenant_deleted_while_a_worker_runs_can_be_created_again(
 
 
 # Database mode: the dropped database takes the rows along; the worker, at its
-# next refresh, gives up the jobs of a source that is gone (Worker._abandon).
+# next refresh, gives up the jobs of a source that is gone (Leases.abandon).
 DELETE_CASES = ALL_CASES
 
 
@@ -163,7 +170,9 @@ async def test_deleting_a_tenant_voids_the_job_it_is_running(
 ) -> None:
     timeline = Timeline()
     env = make_env(backend, mode, timeline_registry(timeline))
-    holding = env.enqueue("globex", "hold", {"sleep": 3.0}, priority=10)
+    # The hold ends only when told its lease is lost (or after 30 s): the delete
+    # and the worker's next refresh may take seconds on a loaded machine.
+    holding = env.enqueue("globex", "hold", {"sleep": 30.0}, priority=10)
     env.enqueue_many("globex", "work", [{"n": i} for i in range(10)])
     # One slot, no prefetch: the hold job runs, the others wait unclaimed.
     worker = env.worker(
@@ -174,7 +183,7 @@ async def test_deleting_a_tenant_voids_the_job_it_is_running(
         assert timeline.job_ids("globex") == [holding.id]
         await asyncio.to_thread(env.t.delete_tenant, "globex")
         await wait_until(
-            lambda: all(s.end is not None for s in timeline.snapshot()), 2.5, what="hold to end"
+            lambda: all(s.end is not None for s in timeline.snapshot()), 20, what="hold to end"
         )
         assert timeline.snapshot()[0].lease_lost, "the handler was not told its lease is gone"
         await wait_until(lambda: worker.stats.lost == 1, 4, what="the outcome voided")
@@ -231,13 +240,14 @@ async def test_a_refresh_sees_a_weight_changed_in_another_process(
     env = make_env("postgresql", "shared", timeline_registry(Timeline()), ("acme", "globex"))
     worker = env.worker(refresh_interval=0.2)
     async with running(worker):
-        await wait_until(lambda: worker._weights.get("acme") == 1, 10, what="the first refresh")
-        unchanged = worker._listed["globex"]
+        synced = worker.catalog_sync
+        await wait_until(lambda: synced.weights.get("acme") == 1, 10, what="the first refresh")
+        unchanged = synced.listed["globex"]
         other = make_tenantry("postgresql", env.t.config)
         await asyncio.to_thread(other.update_tenant, "acme", settings={"queue": {"weight": 4}})
-        await wait_until(lambda: worker._weights.get("acme") == 4, 10, what="the new weight")
-        assert worker._listed["globex"] is unchanged  # not re-read
-        assert worker._weights["globex"] == 1
+        await wait_until(lambda: synced.weights.get("acme") == 4, 10, what="the new weight")
+        assert synced.listed["globex"] is unchanged  # not re-read
+        assert synced.weights["globex"] == 1
 
 
 async def test_without_a_refresh_a_new_tenant_database_is_not_served(
@@ -246,10 +256,13 @@ async def test_without_a_refresh_a_new_tenant_database_is_not_served(
     """The contrast: the refresh is what finds a new database-per-tenant tenant."""
     timeline = Timeline()
     env = make_env("sqlite", "database", timeline_registry(timeline), ("acme",))
-    async with running(env.worker(refresh_interval=3600)):
+    worker = env.worker(refresh_interval=3600)
+    async with running(worker):
         await asyncio.to_thread(env.t.create_tenant, "newco", isolation="database")
         made = await asyncio.to_thread(env.enqueue, "newco", "work", {"n": 1})
-        await asyncio.sleep(1.5)
+        # Claims and maintenance go on; only a refresh would find the new database.
+        await worker.signals.maintenance_passes.more(5, timeout=10)
+        await worker.signals.claim_rounds.more(3, timeout=10)
         assert env.state("newco", made.id) is JobState.AVAILABLE
 
 
@@ -284,9 +297,9 @@ def test_sync_controls_repairs_rows_that_drifted_from_the_catalog(
     assert _controls_match(env)
     _break_controls(env)
     assert not _controls_match(env)
-    assert env.queue.sync_controls() == 3
+    assert env.queue.admin.sync_controls() == 3
     assert _controls_match(env)
-    assert env.queue.sync_controls() == 0  # nothing left to write
+    assert env.queue.admin.sync_controls() == 0  # nothing left to write
 
 
 REPAIR_CASES = [
@@ -309,7 +322,7 @@ async def test_the_worker_repairs_control_rows_in_its_full_sync(
     env.t.suspend_tenant("globex")
     worker = env.worker(refresh_interval=0.1, full_sync_interval=full_sync_interval)
     async with running(worker):
-        await asyncio.sleep(0.3)  # past the start-up sync
+        await worker.signals.refreshes.more(1, timeout=10)  # past the start-up sync
         # The active tenant's row wrongly says paused: its job waits until repaired.
         await asyncio.to_thread(_break_controls, env, swap=True)
         job = await asyncio.to_thread(env.enqueue, "acme", "work", {"n": 1})
@@ -317,6 +330,8 @@ async def test_the_worker_repairs_control_rows_in_its_full_sync(
             await wait_until(lambda: _controls_match(env), 10, what="the rows repaired")
             await wait_until(lambda: env.state("acme", job.id) is JobState.COMPLETED, 10)
         else:
-            await asyncio.sleep(1.5)
+            # Refreshes between full syncs write only catalog entries that changed.
+            await worker.signals.refreshes.more(3, timeout=10)
+            await worker.signals.claim_rounds.more(3, timeout=10)
             assert not _controls_match(env)
             assert env.state("acme", job.id) is JobState.AVAILABLE

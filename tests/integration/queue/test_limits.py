@@ -21,7 +21,8 @@ from sqlalchemy import select
 
 from tenantry import ConfigError, TenantNotFoundError, Tenantry, tenant_context
 from tenantry.queue import JobState, Queue
-from tenantry.queue.backends import sqlite as sqlite_backend
+from tenantry.queue.drivers import ClaimRequest
+from tenantry.queue.drivers import sqlite as sqlite_driver
 from tenantry.queue.job import as_utc, utcnow
 from tests.conftest import TenantryFactory
 from tests.integration.faults.conftest import FleetFactory
@@ -53,14 +54,16 @@ SHARED_BACKENDS = pytest.mark.parametrize(
 def _claim(env: Env, tenant_id: str, limit: int = 10) -> list[int]:
     source = env.source(tenant_id)
     with source.engine().begin() as conn:
-        jobs = source.backend.claim(
+        jobs = source.driver.claim(
             conn,
-            worker_id="w",
-            queues=["default"],
-            limit=limit,
-            lease_seconds=30,
-            tenants=None if source.tenant_id else [tenant_id],
-            fair=True,
+            ClaimRequest(
+                worker_id="w",
+                queues=["default"],
+                limit=limit,
+                lease_seconds=30,
+                tenants=None if source.tenant_id else [tenant_id],
+                fair=True,
+            ),
         )
     assert {j.tenant_id for j in jobs} <= {tenant_id}
     return [j.id for j in jobs]
@@ -70,7 +73,7 @@ def _complete(env: Env, tenant_id: str, job_ids: Sequence[int]) -> None:
     source = env.source(tenant_id)
     jobs = [env.job(tenant_id, i) for i in job_ids]
     with source.engine().begin() as conn:
-        done = source.backend.complete(conn, [(j.id, j.lease_token or "") for j in jobs])
+        done = source.driver.complete(conn, [(j.id, j.lease_token or "") for j in jobs])
     assert done == set(job_ids)
 
 
@@ -163,7 +166,7 @@ def test_a_rate_limited_start_is_stamped_when_its_token_was_drawn(
     env.t.update_tenant("acme", settings={"queue": {"rate": 0.001, "burst": 2}})
     env.enqueue_many("acme", "record", [{"n": 1}, {"n": 2}])
     start, ticks = utcnow(), itertools.count()
-    monkeypatch.setattr(sqlite_backend, "utcnow", lambda: start + timedelta(seconds=next(ticks)))
+    monkeypatch.setattr(sqlite_driver, "utcnow", lambda: start + timedelta(seconds=next(ticks)))
     claimed = _claim(env, "acme")
     assert len(claimed) == 2
     row = control_row(env, "acme")
@@ -179,8 +182,8 @@ async def test_rate_limit_spaces_the_starts(make_env: EnvFactory, backend: str, 
     ``attempted_at``, stamped with the instant the bucket was read (on
     PostgreSQL the statement's ``now()``, on SQLite the claim's one clock
     reading). The slack only absorbs microsecond rounding: a start stamped
-    when its claim's queries were done, not when its token was drawn, failed
-    this under load (two starts 5 ms apart)."""
+    when its claim's queries were done, not when its token was drawn, would
+    fail this under load."""
     timeline = Timeline()
     env = make_env(backend, mode, timeline_registry(timeline), ("acme", "globex"))
     rate, burst, slack = 4.0, 1, 0.001
@@ -307,7 +310,7 @@ def test_limits_hold_across_worker_processes(
     total = len(order)
 
     def done() -> bool:
-        return queue.count_jobs()[JobState.COMPLETED.value] == total
+        return queue.admin.count_jobs()[JobState.COMPLETED.value] == total
 
     wait_blocking(done, timeout=90, what=f"{total} jobs", diagnostics=fleet.report)
     assert fleet.stop_all() == {w.name: 0 for w in workers}
@@ -320,7 +323,7 @@ def test_limits_hold_across_worker_processes(
     assert max_overlap(capped) <= 2, capped
     assert max_overlap(free) > 2  # three processes, twelve slots: the bound is real
     # Every process ran some of the capped tenant's jobs: the limit is global.
-    ran_by = {j.worker_id for j in queue.list_jobs(tenant_id="capped", limit=100)}
+    ran_by = {j.worker_id for j in queue.admin.list_jobs(tenant_id="capped", limit=100)}
     assert len(ran_by) >= 2, ran_by
 
     env = Env(tenantry, queue, app_registry, tuple(plan))

@@ -11,6 +11,7 @@ from sqlalchemy.exc import DBAPIError
 
 from tenantry import tenant_context
 from tenantry.queue import Job
+from tenantry.queue.drivers import ClaimRequest
 from tenantry.queue.job import utcnow
 from tenantry.queue.sources import JobSource
 from tests.conftest import TenantryFactory
@@ -62,14 +63,16 @@ def _claim_plan(
                 conn.exec_driver_sql("SET LOCAL auto_explain.log_analyze = on")
             if plan_cache_mode is not None:
                 conn.exec_driver_sql(f"SET LOCAL plan_cache_mode = {plan_cache_mode}")
-            jobs = source.backend.claim(
+            jobs = source.driver.claim(
                 conn,
-                worker_id="explain",
-                queues=["default"],
-                limit=limit,
-                lease_seconds=30,
-                tenants=tenants,
-                fair=fair,
+                ClaimRequest(
+                    worker_id="explain",
+                    queues=["default"],
+                    limit=limit,
+                    lease_seconds=30,
+                    tenants=tenants,
+                    fair=fair,
+                ),
             )
             conn.rollback()
         finally:
@@ -272,6 +275,6 @@ def test_idempotent_enqueue_works_under_a_generic_plan(make_tenantry: TenantryFa
     source = env.source("acme")
     with source.engine().begin() as conn:
         conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
-        inserted = source.backend.insert_jobs(conn, rows)
+        inserted = source.driver.write_jobs(conn, rows)
     assert [i.created for i in inserted] == [True] * 4 + [False] * 4
     assert [i.id for i in inserted[4:]] == [i.id for i in inserted[:4]]

@@ -58,6 +58,7 @@ async def test_stop_lets_a_running_job_finish(
     assert (stats.completed, stats.released, stats.lost) == (1, 0, 0)
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("kind", ["slow", "slow_sync"])
 async def test_jobs_past_the_grace_period_are_released_unspent(
     make_env: EnvFactory, backend: str, kind: str
@@ -65,7 +66,9 @@ async def test_jobs_past_the_grace_period_are_released_unspent(
     rec = Recorder()
     started = asyncio.Event()
     env = make_env(backend, "shared", _slow_registry(rec, started))
-    jobs = env.enqueue_many("acme", kind, [{"n": i, "sleep": 1.5} for i in range(3)])
+    # Long enough that no job ends on its own before the checks below, even on a
+    # loaded machine: a sync handler's thread sleeps on after its job is released.
+    jobs = env.enqueue_many("acme", kind, [{"n": i, "sleep": 10.0} for i in range(3)])
     # One slot, two prefetched: one job runs, two wait in the worker's buffer.
     worker = env.worker(concurrency=1, prefetch=2, shutdown_grace=0.2)
     task = asyncio.create_task(worker.run())

@@ -1,4 +1,4 @@
-"""Queue.stats(): per-tenant depth, oldest runnable age and recent outcomes, from the database."""
+"""QueueAdmin.stats(): per-tenant depth, oldest runnable age, recent outcomes, from the database."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_stats_per_tenant_state_and_kind(
 ) -> None:
     env = build_env(make_tenantry, backend, mode, noop_registry(), ("acme", "globex", "initech"))
     _prepare(env)
-    stats = env.queue.stats()
+    stats = env.queue.admin.stats()
     acme = stats.tenants["acme"]
     assert acme.depth == {"available": 3, "running": 1, "retryable": 1, "scheduled": 1}
     assert acme.by_kind == {
@@ -79,20 +79,20 @@ def test_stats_per_tenant_state_and_kind(
 def test_stats_of_one_tenant_and_the_window(make_tenantry: TenantryFactory, backend: str) -> None:
     env = build_env(make_tenantry, backend, "shared", noop_registry(), ("acme", "initech"))
     _prepare(env)
-    only = env.queue.stats(tenant_id="initech")
+    only = env.queue.admin.stats(tenant_id="initech")
     assert set(only.tenants) == {"initech"}
     # Finished before the window: not counted as recent outcomes.
-    for job in env.queue.list_jobs(tenant_id="acme", state=JobState.COMPLETED):
+    for job in env.queue.admin.list_jobs(tenant_id="acme", state=JobState.COMPLETED):
         env.set_columns("acme", job.id, finished_at=utcnow() - timedelta(hours=2))
-    narrow = env.queue.stats(tenant_id="acme", window=timedelta(hours=1)).tenants["acme"]
+    narrow = env.queue.admin.stats(tenant_id="acme", window=timedelta(hours=1)).tenants["acme"]
     assert narrow.completed == 0
     assert narrow.dead == 1
-    wide = env.queue.stats(tenant_id="acme", window=timedelta(hours=3)).tenants["acme"]
+    wide = env.queue.admin.stats(tenant_id="acme", window=timedelta(hours=3)).tenants["acme"]
     assert wide.completed == 2
     with pytest.raises(ConfigError):
-        env.queue.stats(window=timedelta(0))
+        env.queue.admin.stats(window=timedelta(0))
     with pytest.raises(TenantNotFoundError):
-        env.queue.stats(tenant_id="nobody")
+        env.queue.admin.stats(tenant_id="nobody")
 
 
 def test_queue_stats_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

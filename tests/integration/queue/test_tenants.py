@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import func, select, text
 
 from tenantry.queue import JobState
-from tenantry.queue import worker as worker_module
 from tenantry.queue.job import utcnow
 from tenantry.queue.schema import jobs_table as J
+from tenantry.queue.worker import catalog_sync
 from tenantry.tenancy.catalog import TenantStatus
 from tests.conftest import TenantryFactory
 from tests.integration.queue.handlers import Recorder, recording_registry
@@ -32,7 +32,7 @@ async def test_a_suspended_tenants_jobs_wait_without_spending_attempts(
     worker = env.worker()
     async with running(worker):
         await wait_until(lambda: env.state("globex", free.id) is JobState.COMPLETED, 10)
-        await asyncio.sleep(0.5)  # several claim rounds
+        await worker.signals.claim_rounds.more(3, timeout=10)  # several claim rounds
         waiting = await env.ajob("acme", held.id)
         # Not even claimed: the claim itself skips paused tenants.
         assert waiting.state is JobState.AVAILABLE
@@ -69,7 +69,10 @@ async def test_a_job_claimed_before_its_tenant_was_suspended_waits_too(
         waiting = await env.ajob("acme", held.id)
         assert waiting.attempt == 0
         assert waiting.scheduled_at > utcnow()  # waits suspended_retry, then re-checks
-        await asyncio.sleep(0.8)  # several postpone cycles
+        postponed = worker.stats.postponed
+        await wait_until(
+            lambda: worker.stats.postponed >= postponed + 2, 10, what="several postpone cycles"
+        )
         assert rec.count("acme", held.id) == 0
         await asyncio.to_thread(env.t.catalog.set_status, "acme", TenantStatus.ACTIVE)
         await wait_until(lambda: env.state("acme", held.id) is JobState.COMPLETED, 10)
@@ -89,8 +92,8 @@ def test_deleting_a_tenant_deletes_its_jobs(
     env.t.delete_tenant("globex")
 
     assert env.total("acme") == 3
-    assert {j.tenant_id for j in env.queue.list_jobs()} == {"acme"}
-    for source in env.queue.sources():
+    assert {j.tenant_id for j in env.queue.admin.list_jobs()} == {"acme"}
+    for source in env.queue.admin.sources():
         with source.engine(write=False).connect() as conn:
             left = conn.scalar(select(func.count()).select_from(J).where(J.c.tenant_id == "globex"))
         assert left == 0, source.key
@@ -122,7 +125,7 @@ async def test_a_worker_with_many_tenants_keeps_their_statuses_cached(
 
     (Two tenants stand for the thousands ``STATUS_LISTING_MIN_TENANTS`` is for.)
     """
-    monkeypatch.setattr(worker_module, "STATUS_LISTING_MIN_TENANTS", 2)
+    monkeypatch.setattr(catalog_sync, "STATUS_LISTING_MIN_TENANTS", 2)
     rec = Recorder()
     env = make_env(backend, "shared", recording_registry(rec))
     catalog = env.t.catalog

@@ -66,7 +66,7 @@ async def test_workers_run_each_job_exactly_once_in_its_tenant(
         counts = env.counts(tid)
         assert counts["completed"] == 30
         assert sum(counts.values()) == 30
-        for job in env.queue.list_jobs(tenant_id=tid, limit=100):
+        for job in env.queue.admin.list_jobs(tenant_id=tid, limit=100):
             assert job.attempt == 1
             assert job.finished_at is not None
             assert job.lease_token is None
@@ -145,11 +145,11 @@ async def test_transactional_handlers_write_exactly_once(
 
     for tid in env.tenants:
         assert env.notes(tid) == sorted(keys[tid])
-        done = env.queue.list_jobs(tenant_id=tid, kind=f"tx_{flavor}")
+        done = env.queue.admin.list_jobs(tenant_id=tid, kind=f"tx_{flavor}")
         assert len(done) == 8
         assert all(j.state is JobState.COMPLETED and j.attempt == 1 for j in done)
         # Exactly one follow-up per successful job, enqueued in its transaction.
-        follow_ups = env.queue.list_jobs(tenant_id=tid, kind="follow_up")
+        follow_ups = env.queue.admin.list_jobs(tenant_id=tid, kind="follow_up")
         assert sorted(j.payload["key"] for j in follow_ups) == sorted(keys[tid])
         assert all(j.state is JobState.COMPLETED for j in follow_ups)
     assert all(n == 1 for n in rec.calls.values())
@@ -197,7 +197,7 @@ async def test_delayed_job_waits_and_past_run_at_runs_now(
 async def test_run_at_in_another_timezone_means_the_same_instant(
     make_env: EnvFactory, backend: str
 ) -> None:
-    # Regression: SQLite used to store run_at's wall-clock time, dropping the offset.
+    # SQLite must store run_at as an instant, not its wall-clock time without the offset.
     rec = Recorder()
     env = make_env(backend, "shared", recording_registry(rec))
     plus5 = timezone(timedelta(hours=5))
@@ -249,7 +249,7 @@ async def test_worker_serves_only_its_queues_and_tenants(
         await wait_until(
             lambda: env.counts("acme")["completed"] == 2, 10, what="acme's emails done"
         )
-        await asyncio.sleep(0.3)  # time enough to (wrongly) take the others
+        await worker.signals.claim_rounds.more(3, timeout=10)  # chances to (wrongly) take others
     assert set(rec.calls) == {("acme", wanted.id), ("acme", redirected.id)}
     assert env.state("acme", other_queue.id) is JobState.AVAILABLE
     assert env.state("globex", other_tenant.id) is JobState.AVAILABLE
@@ -265,7 +265,7 @@ async def test_cancelled_mid_claim_hands_the_claim_connection_back(
     """
     import threading
 
-    from tenantry.queue.backends.postgres import PostgresBackend
+    from tenantry.queue.drivers.postgres import PostgresDriver
 
     registry = JobRegistry()
 
@@ -276,22 +276,21 @@ async def test_cancelled_mid_claim_hands_the_claim_connection_back(
     env = make_env("postgresql", "shared", registry, ("acme",))
     env.enqueue_many("acme", "noop", [{"n": i} for i in range(5)])
     entered = threading.Event()
-    original = PostgresBackend.claim
+    original = PostgresDriver.claim
 
-    def slow_claim(self: PostgresBackend, *args: object, **kwargs: object) -> object:
+    def slow_claim(self: PostgresDriver, *args: object, **kwargs: object) -> object:
         entered.set()
         time.sleep(0.5)
         return original(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(PostgresBackend, "claim", slow_claim)
+    monkeypatch.setattr(PostgresDriver, "claim", slow_claim)
     worker = env.worker(concurrency=2)
     task = asyncio.create_task(worker.run())
     assert await asyncio.to_thread(entered.wait, 10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert worker._claim_future is not None
-    assert worker._claim_future.done()  # the claim finished before run() returned
+    assert worker.calls_in_flight == 0  # the claim finished before run() returned
     pool = env.source("acme").claim_engine().pool
     assert pool.checkedout() == 0  # type: ignore[attr-defined]
 
@@ -320,7 +319,7 @@ async def test_cancelled_mid_refresh_hands_the_catalog_connection_back(
     with TableLock(env.t.config.stores["default"].url, "tenantry", "tenantry_tenants") as lock:
         assert await lock.cancel_while_held(task, 0.3) >= 0.25  # it waited for the read
     assert env.t.catalog.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-    assert not worker._offloaded
+    assert worker.calls_in_flight == 0
 
 
 async def test_freed_slots_start_buffered_jobs_while_a_claim_is_under_way(
@@ -329,13 +328,13 @@ async def test_freed_slots_start_buffered_jobs_while_a_claim_is_under_way(
     """Buffered jobs start as slots free up, not when the claim loop next looks.
 
     With 2 slots and 20 jobs held, the held jobs must all run while the next
-    (slow) claim is under way. Before, only the 2 jobs started before it ran:
-    a worker whose claims took 35 ms (10,000 tenants) did 10 jobs per claim.
+    (slow) claim is under way, not only the 2 started before it: otherwise a
+    worker whose claims are slow (many tenants) runs one slot-full per claim.
     The slow claim is a stand-in for a slow database.
     """
     import threading
 
-    from tenantry.queue.backends.postgres import PostgresBackend
+    from tenantry.queue.drivers.postgres import PostgresDriver
 
     registry = JobRegistry()
     started: list[float] = []
@@ -346,11 +345,11 @@ async def test_freed_slots_start_buffered_jobs_while_a_claim_is_under_way(
 
     env = make_env("postgresql", "shared", registry, ("acme",))
     env.enqueue_many("acme", "noop", [{"n": i} for i in range(60)])
-    original = PostgresBackend.claim
+    original = PostgresDriver.claim
     claims: list[tuple[float, float]] = []  # (entered, returned) of each claim
     lock = threading.Lock()
 
-    def slow_claim(self: PostgresBackend, *args: object, **kwargs: object) -> object:
+    def slow_claim(self: PostgresDriver, *args: object, **kwargs: object) -> object:
         entered = time.monotonic()
         jobs = original(self, *args, **kwargs)  # type: ignore[arg-type]
         if len(claims) >= 1:
@@ -359,7 +358,7 @@ async def test_freed_slots_start_buffered_jobs_while_a_claim_is_under_way(
             claims.append((entered, time.monotonic()))
         return jobs
 
-    monkeypatch.setattr(PostgresBackend, "claim", slow_claim)
+    monkeypatch.setattr(PostgresDriver, "claim", slow_claim)
     worker = env.worker(concurrency=2, prefetch=20, fair=False, listen=False)
     async with running(worker):
         await wait_until(lambda: len(claims) >= 3, what="three claims")

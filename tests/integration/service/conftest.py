@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from tenantry import Tenantry, tenant_context
-from tenantry.queue import JobRegistry
+from tenantry.queue import JobRegistry, WorkerOptions
 from tenantry.service import ServiceSettings, create_app
 from tenantry.service.state import ServiceState
 from tests.conftest import TenantryFactory
@@ -99,14 +99,14 @@ async def make_service(make_tenantry: TenantryFactory) -> AsyncIterator[ServiceF
             t.create_tenant(tenant_id, isolation=mode)
         settings.setdefault("admin_token", ADMIN_TOKEN)
         settings.setdefault("sample_interval", 0.2)
-        options = {"poll_interval": 0.05, "concurrency": 4, "shutdown_grace": 5.0}
+        options: dict[str, Any] = {"poll_interval": 0.05, "concurrency": 4, "shutdown_grace": 5.0}
         options.update(worker_options or {})
         app = create_app(
             t,
             service_registry if registry is _DEFAULT else registry,  # type: ignore[arg-type]
             settings=ServiceSettings(**settings),
             run_worker=run_worker,
-            worker_options=options,
+            worker_options=WorkerOptions(**options),
         )
         await stack.enter_async_context(app.router.lifespan_context(app))
         client = httpx.AsyncClient(

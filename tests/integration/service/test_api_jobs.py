@@ -79,7 +79,7 @@ async def test_enqueue_validates_before_writing(make_service: ServiceFactory, ba
     )
     assert nan.status_code == 422
     assert "finite" in error_of(nan)["message"]
-    assert svc.state.queue.count_jobs(tenant_id="acme") == dict.fromkeys(
+    assert svc.state.queue.admin.count_jobs(tenant_id="acme") == dict.fromkeys(
         [s.value for s in JobState], 0
     )
 
@@ -165,7 +165,7 @@ async def test_dead_jobs_show_their_errors_and_can_be_retried(
         return str((await svc.ok("GET", path))["state"])
 
     await svc.wait_for(
-        lambda: svc.state.queue.get_job("initech", job["id"]).state is JobState.DEAD, "dead"
+        lambda: svc.state.queue.admin.get_job("initech", job["id"]).state is JobState.DEAD, "dead"
     )
     shown = await svc.ok("GET", path)
     assert shown["error_count"] == 1
@@ -209,7 +209,7 @@ async def test_cancel_retry_dead_and_purge(make_service: ServiceFactory, backend
             "POST", "/tenants/acme/jobs", 201, json={"kind": "flaky", "payload": {"key": key}}
         )
     await svc.wait_for(
-        lambda: svc.state.queue.count_jobs(tenant_id="acme")["dead"] == 3, "three dead jobs"
+        lambda: svc.state.queue.admin.count_jobs(tenant_id="acme")["dead"] == 3, "three dead jobs"
     )
     for key in keys:
         await allow(svc, "acme", key)
@@ -226,7 +226,7 @@ async def test_cancel_retry_dead_and_purge(make_service: ServiceFactory, backend
         "POST", "/jobs/purge", json={"tenant_id": "acme", "states": ["completed", "cancelled"]}
     )
     assert purged == {"count": 4}
-    assert svc.state.queue.count_jobs(tenant_id="acme")["completed"] == 0
+    assert svc.state.queue.admin.count_jobs(tenant_id="acme")["completed"] == 0
     assert (await svc.api("POST", "/jobs/purge", json={"tenant_id": "nobody"})).status_code == 404
 
 

@@ -132,7 +132,7 @@ def test_dashboard_login_overview_dead_letters_and_retry(
             queue.enqueue("record", {"key": f"warm-{i}"})
     with tenant_context("globex"):
         dead_id = queue.enqueue("flaky", {"key": "k1"}).id
-    wait_until(lambda: queue.get_job("globex", dead_id).state is JobState.DEAD, "a dead job")
+    wait_until(lambda: queue.admin.get_job("globex", dead_id).state is JobState.DEAD, "a dead job")
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
@@ -185,14 +185,14 @@ def test_dashboard_login_overview_dead_letters_and_retry(
             with tenant_context("globex"), t.session() as s:
                 s.add(Note(body="allow:k1"))
                 s.commit()
-            before = queue.get_job("globex", dead_id)
+            before = queue.admin.get_job("globex", dead_id)
             row.locator("button.retry").click()
             expect(page.locator("#notice")).to_have_text(f"Job {dead_id} was requeued.")
-            after = queue.get_job("globex", dead_id)
+            after = queue.admin.get_job("globex", dead_id)
             assert after.state is not JobState.DEAD or after.attempt > before.attempt
             assert after.max_attempts == before.max_attempts + 1
             wait_until(
-                lambda: queue.get_job("globex", dead_id).state is JobState.COMPLETED,
+                lambda: queue.admin.get_job("globex", dead_id).state is JobState.COMPLETED,
                 "the retried job completed",
             )
             with tenant_context("globex"), t.session() as s:

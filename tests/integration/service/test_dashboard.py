@@ -50,7 +50,7 @@ async def test_dead_letters_show_errors_and_retry_requeues(make_service: Service
         "POST", "/tenants/globex/jobs", 201, json={"kind": "fail", "payload": {"key": HOSTILE}}
     )
     await svc.wait_for(
-        lambda: svc.state.queue.count_jobs(tenant_id="globex")["dead"] == 1, "a dead job"
+        lambda: svc.state.queue.admin.count_jobs(tenant_id="globex")["dead"] == 1, "a dead job"
     )
     csrf = await login(svc)
     page = await svc.client.get("/dashboard/dead")
@@ -74,10 +74,12 @@ async def test_dead_letters_show_errors_and_retry_requeues(make_service: Service
     assert retried.headers["location"] == f"/dashboard/dead?notice=retried&n={job['id']}"
     # Requeued in the database, then run (and, being a 'fail' job, dead again).
     await svc.wait_for(
-        lambda: svc.state.queue.get_job("globex", job["id"]).attempt == 2, "the second attempt"
+        lambda: svc.state.queue.admin.get_job("globex", job["id"]).attempt == 2,
+        "the second attempt",
     )
     await svc.wait_for(
-        lambda: svc.state.queue.get_job("globex", job["id"]).state.value == "dead", "dead again"
+        lambda: svc.state.queue.admin.get_job("globex", job["id"]).state.value == "dead",
+        "dead again",
     )
     notice = await svc.client.get(retried.headers["location"])
     assert f"Job {job['id']} was requeued." in notice.text
@@ -117,7 +119,7 @@ async def test_tenant_and_job_pages(make_service: ServiceFactory, path: str) -> 
         data={"csrf": csrf, "next": f"/dashboard/tenants/acme/jobs/{job['id']}"},
     )
     assert cancel.status_code == 303
-    assert svc.state.queue.get_job("acme", job["id"]).state.value == "cancelled"
+    assert svc.state.queue.admin.get_job("acme", job["id"]).state.value == "cancelled"
     missing = await svc.client.get("/dashboard/tenants/nobody")
     assert missing.status_code == 404
     assert "does not exist" in missing.text

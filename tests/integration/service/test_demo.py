@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from tenantry import QueueUnavailableError, Tenantry, tenant_context
 from tenantry.demo import DemoBase, DemoProduct, ProductAudit, registry
 from tenantry.demo.app import create_catalogue_app
-from tenantry.queue import JobState, Queue, Worker
+from tenantry.queue import JobState, Queue, Worker, WorkerOptions
 from tests.conftest import BACKENDS, make_config
 from tests.integration.queue.support import running, wait_until
 
@@ -70,7 +70,7 @@ async def test_an_update_and_its_job_commit_together(
         f"/products/{acme[0]}", json={"price_cents": 250}, headers=by_header
     )
     assert response.status_code == 200, response.text
-    job = queue.get_job("acme", response.json()["job_id"])
+    job = queue.admin.get_job("acme", response.json()["job_id"])
     assert job.kind == "product_update"
     assert job.payload["new_price_cents"] == 250
     assert job.payload["change_id"] == response.json()["change_id"]
@@ -79,7 +79,7 @@ async def test_an_update_and_its_job_commit_together(
         f"/products/{acme[0]}", json={"price_cents": 1}, headers={"X-Tenant-ID": "globex"}
     )
     assert foreign.status_code == 404
-    assert sum(queue.count_jobs(tenant_id="globex").values()) == 0
+    assert sum(queue.admin.count_jobs(tenant_id="globex").values()) == 0
 
     # If the enqueue fails, the product change is rolled back with it.
     async def broken(*args: Any, **kwargs: Any) -> Any:
@@ -90,7 +90,7 @@ async def test_an_update_and_its_job_commit_together(
         await client.put(f"/products/{acme[1]}", json={"price_cents": 999}, headers=by_header)
     with tenant_context("acme"), t.session() as s:
         assert s.get(DemoProduct, acme[1]).price_cents == 100  # type: ignore[union-attr]
-    assert sum(queue.count_jobs(tenant_id="acme").values()) == 1
+    assert sum(queue.admin.count_jobs(tenant_id="acme").values()) == 1
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -106,23 +106,23 @@ async def test_the_handler_records_each_change_once(
     cursed = await client.put(f"/products/{pid}", json={"name": "cursed"}, headers=headers)
     assert cursed.status_code == 200
     # The same change enqueued again (a client retry, say) is recorded once.
-    again = queue.get_job("initech", first.json()["job_id"])
+    again = queue.admin.get_job("initech", first.json()["job_id"])
     with tenant_context("initech"):
         queue.enqueue("product_update", again.payload)
 
-    worker = Worker(t, registry, poll_interval=0.05, concurrency=2)
+    worker = Worker(t, registry, WorkerOptions(poll_interval=0.05, concurrency=2))
     async with running(worker):
         await wait_until(
             lambda: (
-                queue.count_jobs(tenant_id="initech")["completed"] == 2
-                and queue.count_jobs(tenant_id="initech")["dead"] == 1
+                queue.admin.count_jobs(tenant_id="initech")["completed"] == 2
+                and queue.admin.count_jobs(tenant_id="initech")["dead"] == 1
             ),
             what="jobs finished",
         )
     assert _audit_count(t, "initech") == 1
     audit = (await client.get("/audit", headers=headers)).json()
     assert [(a["old_name"], a["new_name"]) for a in audit] == [("initech: a", "initech: renamed")]
-    dead = queue.list_jobs(tenant_id="initech", state=JobState.DEAD)[0]
+    dead = queue.admin.list_jobs(tenant_id="initech", state=JobState.DEAD)[0]
     assert [e["type"] for e in dead.errors] == ["SearchIndexError"] * 3
 
 

@@ -54,8 +54,8 @@ async def test_metrics_report_the_queue_and_the_worker(
         )
     await svc.wait_for(
         lambda: (
-            svc.state.queue.count_jobs(tenant_id="acme")["completed"] == 2
-            and svc.state.queue.count_jobs(tenant_id="initech")["dead"] == 1
+            svc.state.queue.admin.count_jobs(tenant_id="acme")["completed"] == 2
+            and svc.state.queue.admin.count_jobs(tenant_id="initech")["dead"] == 1
         ),
         "jobs finished",
     )

@@ -28,7 +28,7 @@ async def test_a_cancelled_refresh_waits_for_its_query_to_hand_the_connection_ba
     tenantry.create_tenant("acme")
     queue = Queue(tenantry, JobRegistry())
     queue.setup()
-    monitor = Monitor(queue, interval=1.0, keep=10, window=60.0)
+    monitor = Monitor(queue.admin, interval=1.0, keep=10, window=60.0)
     await monitor.refresh()  # connected and warm: the next reading only queries
     with TableLock(tenantry.config.stores["default"].url, "tenantry", "tenantry_jobs") as lock:
         task = asyncio.create_task(monitor.refresh())

@@ -7,19 +7,24 @@ tenant. So it builds a :class:`MigrationContext` per connection itself and
 calls the revision scripts' ``upgrade()`` functions.
 
 Alembic's ``op`` is a module-level proxy that ``Operations.context()``
-installs and removes around each run: two threads migrating at once would
-swap each other's target (or find it removed). :func:`_install_thread_proxy`
-replaces it, for the whole process, with a proxy that dispatches to the
-``Operations`` of the calling thread.
+installs and removes around each run, for the whole process: two threads
+migrating at once would swap each other's target (or find it removed), and
+so would an Alembic command run elsewhere in the process. tenantry leaves it
+alone. Its :class:`History` loads its own copy of every revision module, and
+there it rebinds the names that refer to ``alembic.op`` (``from alembic
+import op``, or a function imported from it) to :data:`THREAD_OP`, which
+dispatches to the ``Operations`` of the run in the calling thread.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextvars import ContextVar
 from pathlib import Path
+from types import FunctionType, ModuleType
 from typing import Any
 
+import alembic.op
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -34,15 +39,15 @@ from tenantry.errors import MigrationError
 TENANT_VERSION_TABLE = "tenantry_tenant_version"
 GLOBAL_VERSION_TABLE = "tenantry_global_version"
 
-_local = threading.local()
-_proxy_lock = threading.Lock()
+#: The ``Operations`` of the migration run in this thread (or task).
+_operations: ContextVar[Operations | None] = ContextVar("tenantry_migration_op", default=None)
 
 
 class _ThreadOperations:
-    """Stands in for Alembic's ``op`` proxy target: the calling thread's ``Operations``."""
+    """What ``op`` is in tenantry's revision modules: the calling thread's ``Operations``."""
 
     def __getattr__(self, name: str) -> Any:
-        ops = getattr(_local, "operations", None)
+        ops = _operations.get()
         if ops is None:
             raise MigrationError(
                 f"alembic.op.{name}() called outside a migration run by tenantry in this thread"
@@ -50,11 +55,33 @@ class _ThreadOperations:
         return getattr(ops, name)
 
 
-def _install_thread_proxy() -> None:
-    import alembic.op
+THREAD_OP = _ThreadOperations()
 
-    with _proxy_lock:
-        alembic.op._proxy = _ThreadOperations()  # type: ignore[attr-defined]
+
+def _dispatching(name: str) -> Callable[..., Any]:
+    """Stands in for ``from alembic.op import <name>``."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(THREAD_OP, name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+def _bind_op(module: ModuleType) -> None:
+    """Point one revision module's ``op`` (however it was imported) at :data:`THREAD_OP`.
+
+    The module is this history's own copy (Alembic loads revision files
+    afresh per script directory, outside ``sys.modules``): nothing else sees
+    the change. A helper module shared by revision scripts is not such a
+    copy: it takes ``op`` as an argument from the script that calls it.
+    """
+    proxies = vars(alembic.op)
+    for name, value in list(vars(module).items()):
+        if value is alembic.op:
+            setattr(module, name, THREAD_OP)
+        elif isinstance(value, FunctionType) and value.__globals__ is proxies:
+            setattr(module, name, _dispatching(value.__name__))
 
 
 class History:
@@ -76,6 +103,8 @@ class History:
             self.script = ScriptDirectory(str(self.directory))
             # Loads every revision module now, in this thread: threads then only read.
             heads = self.script.get_heads()
+            for revision in self.script.walk_revisions():
+                _bind_op(revision.module)
         except CommandError as exc:
             raise MigrationError(f"{kind} migrations in {self.directory}: {exc}") from exc
         if len(heads) > 1:
@@ -117,12 +146,11 @@ class History:
         before = before_heads[0] if before_heads else None
         if before == self.head:
             return before, before
-        _install_thread_proxy()
-        _local.operations = Operations(ctx)
+        token = _operations.set(Operations(ctx))
         try:
             ctx.run_migrations()
         finally:
-            _local.operations = None
+            _operations.reset(token)
         return before, self.current(conn, schema)
 
     def stamp(self, conn: Connection, schema: str | None, revision: str | None = None) -> None:

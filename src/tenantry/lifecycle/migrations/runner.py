@@ -26,12 +26,13 @@ from sqlalchemy import Connection, Engine, text
 
 from tenantry.errors import MigrationError, TenantStateError
 from tenantry.lifecycle.migrations.history import History
-from tenantry.tenancy.catalog import IsolationMode, Tenant, TenantStatus
+from tenantry.tenancy.catalog import Tenant, TenantStatus
+from tenantry.tenancy.facade import Tenancy
+from tenantry.tenancy.hooks import VersionHistory
 from tenantry.tenancy.isolation import postgres as pg
-from tenantry.tenancy.isolation import schema_name
+from tenantry.tenancy.isolation import schema_name, strategy_for
 from tenantry.tenancy.logs import get_logger
 from tenantry.tenancy.models import TENANT_SCHEMA, TENANTRY_SCHEMA
-from tenantry.tenantry import Tenantry
 
 log = get_logger(__name__)
 
@@ -117,6 +118,21 @@ class Report:
         return [r for r in self.results if r.outcome is Outcome.FAILED]
 
 
+def _alembic(history: VersionHistory | None) -> History | None:
+    """The Alembic history behind *history*: only those run migration scripts."""
+    if history is None or isinstance(history, History):
+        return history
+    raise MigrationError(
+        f"migrations need an Alembic history ({type(history).__name__} is not one); "
+        "build the application with tenantry.Tenantry"
+    )
+
+
+def _in_shared_tables(tenant: Tenant) -> bool:
+    """Its tables are a store's shared ones: one target for all such tenants of the store."""
+    return strategy_for(tenant.isolation).shares_tables
+
+
 def _error_text(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None)
     message = str(orig if orig is not None else exc).strip().splitlines()
@@ -126,10 +142,10 @@ def _error_text(exc: BaseException) -> str:
 class Migrator:
     """Plans and runs migrations of one :class:`~tenantry.tenantry.Tenantry`'s targets."""
 
-    def __init__(self, tenantry: Tenantry) -> None:
+    def __init__(self, tenantry: Tenancy) -> None:
         self.tenantry = tenantry
-        self.tenant_history = tenantry.tenant_history
-        self.global_history = tenantry.global_history
+        self.tenant_history = _alembic(tenantry.tenant_history)
+        self.global_history = _alembic(tenantry.global_history)
         if self.tenant_history is None and self.global_history is None:
             raise MigrationError(
                 "no migrations are configured: set [tenantry] tenant_migrations and/or "
@@ -161,20 +177,20 @@ class Migrator:
             return targets
         # A store's shared tables serve all its shared tenants, also those a
         # --tenant filter did not name: all of them are paused while they migrate.
-        shared_stores = {t.store for t in found if t.isolation is IsolationMode.SHARED}
+        shared_stores = {t.store for t in found if _in_shared_tables(t)}
         if shared_stores:
             everyone = found if not wanted and not stores else self.tenantry.list_tenants()
             for store_name in sorted(shared_stores):
                 served = tuple(
                     t
                     for t in everyone
-                    if t.isolation is IsolationMode.SHARED
+                    if _in_shared_tables(t)
                     and t.store == store_name
                     and t.status not in _SKIPPED_STATUSES
                 )
                 targets.append(Target(TargetKind.SHARED, store_name, None, served))
         for tenant in found:
-            if tenant.isolation is not IsolationMode.SHARED:
+            if not _in_shared_tables(tenant):
                 kind = TargetKind(tenant.isolation.value)
                 targets.append(Target(kind, tenant.store, tenant.id, (tenant,)))
         return targets

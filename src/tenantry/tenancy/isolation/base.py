@@ -26,6 +26,9 @@ class IsolationStrategy(Protocol):
     filters_rows: bool
     #: Whether the tenant has a database of its own (dropping it drops everything of it).
     own_database: bool
+    #: Whether other tenants' rows live in the same tables, so that surrogate keys are
+    #: numbered for all of them (a copy of a tenant's rows gets new keys there).
+    shares_tables: bool
 
     def data_schema(self, tenant_id: str) -> str | None:
         """The schema holding the tenant's tables (None: the database's default)."""
@@ -37,6 +40,13 @@ class IsolationStrategy(Protocol):
         """The (sync) engine whose connections reach the tenant's tables."""
 
     def async_engine(self, store: Store, tenant_id: str) -> AsyncEngine: ...
+
+    def admin_engine(self, store: Store, tenant_id: str) -> Engine:
+        """An engine of the admin role whose connections reach the tenant's tables and jobs.
+
+        With :attr:`own_database` it is a new engine of its own, which the caller
+        disposes; otherwise it shares the store's admin pool.
+        """
 
     def transaction_setup(self, store: Store, tenant_id: str) -> tuple[str, dict[str, Any]] | None:
         """SQL run at the start of every transaction of a tenant session (or None)."""
@@ -64,3 +74,12 @@ class IsolationStrategy(Protocol):
 
     def deprovision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
         """Drop the tenant's data; must be idempotent."""
+
+    def drop_tables(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
+        """Drop the tenant's tables (or rows) only; must be idempotent.
+
+        Unlike :meth:`deprovision`, what the store's hooks keep for the tenant
+        beside its tables (its jobs) stays, for a copy of the tenant that
+        shares it. A tenant with :attr:`own_database` has nothing beside its
+        tables: its database goes.
+        """

@@ -26,6 +26,7 @@ class DatabaseIsolation:
     mode = IsolationMode.DATABASE
     filters_rows = False
     own_database = True
+    shares_tables = False
 
     def data_schema(self, tenant_id: str) -> str | None:
         return None
@@ -38,6 +39,9 @@ class DatabaseIsolation:
 
     def async_engine(self, store: Store, tenant_id: str) -> AsyncEngine:
         return store.tenant_async_engine(tenant_id)
+
+    def admin_engine(self, store: Store, tenant_id: str) -> Engine:
+        return store.tenant_admin_engine(tenant_id)
 
     def transaction_setup(self, store: Store, tenant_id: str) -> tuple[str, dict[str, Any]] | None:
         if not store.is_postgres:
@@ -113,3 +117,6 @@ class DatabaseIsolation:
             # its connection to the removed SQLite file open, and a database made
             # later under the same name was read through it: the old rows.
             store.forget_tenant_engines(tenant_id)
+
+    def drop_tables(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
+        self.deprovision(store, tenant_id, metadata)

@@ -18,26 +18,6 @@ TENANT_GUC = "tenantry.tenant_id"
 _DDL_LOCK = 7433003
 POLICY_NAME = "tenantry_tenant_isolation"
 
-# Settings of the sessions that claim jobs. The claim statements are prepared
-# once per connection and their plans must not depend on statistics: a plan
-# made while the jobs table looked empty (never analysed, right after a bulk
-# enqueue) is kept for the connection's life. Every scan in them has one right
-# index, the one whose order the scan needs, so sorting is made the planner's
-# last resort (``enable_sort = off``: the remaining sorts are the small ones no
-# index can replace). That adds a large constant to such plans' cost estimate,
-# which would cross ``jit_above_cost`` and JIT-compile each claim (about 350
-# ms), so JIT is off: nothing in a claim runs long enough to pay it back. No
-# parallel plans either: the fair claim relies on an Append returning its
-# arms in order (a tenant's head priority first, then lower ones).
-CLAIM_SESSION_SETTINGS: dict[str, str] = {
-    "plan_cache_mode": "force_generic_plan",
-    "enable_sort": "off",
-    "jit": "off",
-    "max_parallel_workers_per_gather": "0",
-}
-CLAIM_SESSION_OPTIONS = " ".join(f"-c {k}={v}" for k, v in CLAIM_SESSION_SETTINGS.items())
-CLAIM_SET_LOCAL = "; ".join(f"SET LOCAL {k} = {v}" for k, v in CLAIM_SESSION_SETTINGS.items())
-
 
 def ddl_lock(conn: Connection) -> None:
     """Serialise tenantry's DDL and GRANTs in this database until the transaction ends."""

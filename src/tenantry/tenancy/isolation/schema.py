@@ -44,6 +44,7 @@ class SchemaIsolation:
     mode = IsolationMode.SCHEMA
     filters_rows = False
     own_database = False
+    shares_tables = False
 
     def data_schema(self, tenant_id: str) -> str | None:
         return schema_name(tenant_id)
@@ -66,6 +67,12 @@ class SchemaIsolation:
     def async_engine(self, store: Store, tenant_id: str) -> AsyncEngine:
         self.check_supported(store)
         return store.async_engine().execution_options(
+            schema_translate_map=self._translate(tenant_id)
+        )
+
+    def admin_engine(self, store: Store, tenant_id: str) -> Engine:
+        self.check_supported(store)
+        return store.admin_engine().execution_options(
             schema_translate_map=self._translate(tenant_id)
         )
 
@@ -140,3 +147,9 @@ class SchemaIsolation:
             )
             # What else of the tenant's lives in the store's database goes too.
             store.hooks.tenant_data_dropped(conn, store, tenant_id)
+
+    def drop_tables(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
+        with store.admin_engine().begin() as conn:
+            conn.exec_driver_sql(
+                f"DROP SCHEMA IF EXISTS {pg.quote(conn, schema_name(tenant_id))} CASCADE"
+            )

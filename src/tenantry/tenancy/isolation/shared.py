@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, MetaData, delete, inspect, select, text
+from sqlalchemy import Connection, Engine, MetaData, delete, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenantry.tenancy.catalog import IsolationMode
@@ -28,6 +28,7 @@ class SharedIsolation:
     mode = IsolationMode.SHARED
     filters_rows = True
     own_database = False
+    shares_tables = True
 
     def data_schema(self, tenant_id: str) -> str | None:
         return None
@@ -40,6 +41,9 @@ class SharedIsolation:
 
     def async_engine(self, store: Store, tenant_id: str) -> AsyncEngine:
         return store.async_engine()
+
+    def admin_engine(self, store: Store, tenant_id: str) -> Engine:
+        return store.admin_engine()
 
     def transaction_setup(self, store: Store, tenant_id: str) -> tuple[str, dict[str, Any]] | None:
         if not store.is_postgres:
@@ -113,12 +117,20 @@ class SharedIsolation:
     def deprovision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
         self.prepare_store(store, metadata)
         with store.admin_engine().begin() as conn:
-            if store.is_postgres:
-                # So the delete also works when the admin role is subject to FORCE RLS.
-                sql, params = pg.session_setup(tenant_id, "", "public")
-                conn.execute(text(sql), params)
-            for table in reversed(metadata.sorted_tables):
-                if is_tenant_table(table) and TENANT_ID_COLUMN in table.c:
-                    conn.execute(delete(table).where(table.c[TENANT_ID_COLUMN] == tenant_id))
+            _delete_rows(conn, store, tenant_id, metadata)
             # What else of the tenant's lives here goes with its rows, in this transaction.
             store.hooks.tenant_data_dropped(conn, store, tenant_id)
+
+    def drop_tables(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
+        with store.admin_engine().begin() as conn:
+            _delete_rows(conn, store, tenant_id, metadata)
+
+
+def _delete_rows(conn: Connection, store: Store, tenant_id: str, metadata: MetaData) -> None:
+    if store.is_postgres:
+        # So the delete also works when the admin role is subject to FORCE RLS.
+        sql, params = pg.session_setup(tenant_id, "", "public")
+        conn.execute(text(sql), params)
+    for table in reversed(metadata.sorted_tables):
+        if is_tenant_table(table) and TENANT_ID_COLUMN in table.c:
+            conn.execute(delete(table).where(table.c[TENANT_ID_COLUMN] == tenant_id))

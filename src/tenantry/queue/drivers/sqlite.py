@@ -1,4 +1,4 @@
-"""SQLite: ``BEGIN IMMEDIATE`` claims in WAL mode and an in-process wake-up.
+"""SQLite driver: ``BEGIN IMMEDIATE`` claims in WAL mode and an in-process wake-up.
 
 SQLite has one writer at a time, so claiming takes the write lock up front
 (``BEGIN IMMEDIATE``) instead of upgrading a read lock mid-statement, which
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
@@ -19,25 +21,33 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     DateTime,
-    Insert,
     event,
     func,
     literal,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tenantry.queue.backends.base import QueueBackend
+from tenantry.queue.drivers.base import ClaimRequest, Inserted, Lease
+from tenantry.queue.drivers.core import (
+    CoreSql,
+    Flavour,
+    awrite_in_transaction,
+    write_in_transaction,
+)
 from tenantry.queue.fairness import (
     Contender,
+    interleave,
     rate_allowance,
     rate_tokens,
     shares,
     virtual_key,
 )
-from tenantry.queue.job import Job, as_utc, utcnow
+from tenantry.queue.job import Job, JobState, as_utc, utcnow
 from tenantry.queue.schema import control_table, create_queue_tables, jobs_table
 from tenantry.queue.schema import jobs_table as J
 
@@ -107,23 +117,47 @@ def _sqlite_value(column: str, value: Any) -> Any:
     return value
 
 
-class SqliteBackend(QueueBackend):
+class SqliteDriver(CoreSql):
     dialect: ClassVar[str] = "sqlite"
-    write_options: ClassVar[dict[str, str]] = {"sqlite_begin": "BEGIN IMMEDIATE"}
+    write_options: ClassVar[Mapping[str, Any]] = {"sqlite_begin": "BEGIN IMMEDIATE"}
 
-    def now(self) -> ColumnElement[datetime]:
-        return literal(utcnow(), DateTime(timezone=True))
+    def __init__(self) -> None:
+        super().__init__(
+            Flavour(
+                now=lambda: literal(utcnow(), DateTime(timezone=True)),
+                insert=lambda: sqlite_insert(jobs_table),
+                # SQLite's multi-argument max() is a scalar function.
+                greatest=func.max,
+                # One writer at a time (BEGIN IMMEDIATE): nothing to lock.
+                lock=lambda query: query,
+            )
+        )
 
-    def now_plus(self, seconds: float) -> ColumnElement[datetime]:
+    def _now_plus(self, seconds: float) -> ColumnElement[datetime]:
         return literal(utcnow() + timedelta(seconds=seconds), DateTime(timezone=True))
 
-    def insert(self) -> Insert:
-        return sqlite_insert(jobs_table)
+    def ensure_schema(self, conn: Connection, rls_role: str, app_user: str | None) -> None:
+        create_queue_tables(conn)
 
-    def greatest(self, *values: Any) -> ColumnElement[int]:
-        return func.max(*values)  # SQLite's multi-argument max() is a scalar function
+    # -- enqueue -------------------------------------------------------------------
+    def write_jobs(
+        self, conn: Connection, rows: Sequence[dict[str, Any]], *, owner: bool = False
+    ) -> Sequence[Inserted]:
+        inserted = self.insert_jobs(conn, rows, self._insert_many_ids)
+        self._notify(conn)
+        return inserted
 
-    def insert_many_ids(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+    def write_standalone(
+        self, engine: Engine, rows: Sequence[dict[str, Any]]
+    ) -> Sequence[Inserted]:
+        return write_in_transaction(self.write_jobs, engine, rows)
+
+    async def awrite_standalone(
+        self, engine: AsyncEngine, rows: Sequence[dict[str, Any]]
+    ) -> Sequence[Inserted]:
+        return await awrite_in_transaction(self.write_jobs, engine, rows)
+
+    def _insert_many_ids(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
         """One multi-row INSERT per chunk, written as plain SQL, ids paired by order.
 
         SQLAlchemy cannot promise RETURNING order on SQLite (it would fall back
@@ -149,30 +183,77 @@ class SqliteBackend(QueueBackend):
             ids.extend(sorted(int(i) for i in conn.exec_driver_sql(sql, params).scalars()))
         return ids
 
-    def claim_fair(
+    # -- claiming ----------------------------------------------------------------------
+    def claims_in_one_statement(self, *, fair: bool) -> bool:
+        return False
+
+    @contextmanager
+    def claim_connection(self, engine: Engine, *, alone: bool) -> Iterator[Connection]:
+        with engine.begin() as conn:
+            yield conn
+
+    def claim(self, conn: Connection, request: ClaimRequest) -> list[Job]:
+        if request.fair:
+            return self._claim_fair(conn, request)
+        return self._claim_fifo(conn, request)
+
+    def _claim_fifo(self, conn: Connection, request: ClaimRequest) -> list[Job]:
+        """Strict ``priority DESC, scheduled_at, id`` over all tenants."""
+        candidates = (
+            select(J.c.id)
+            .where(J.c.state == JobState.AVAILABLE.value, J.c.queue.in_(list(request.queues)))
+            .order_by(J.c.priority.desc(), J.c.scheduled_at, J.c.id)
+            .limit(request.limit)
+        )
+        if request.tenants is not None:
+            candidates = candidates.where(J.c.tenant_id.in_(list(request.tenants)))
+        chosen = candidates.cte("chosen")
+        return self._mark_claimed(conn, J.c.id.in_(select(chosen.c.id)), request)
+
+    def _mark_claimed(
         self,
         conn: Connection,
+        where: ColumnElement[bool],
+        request: ClaimRequest,
         *,
-        worker_id: str,
-        queues: Sequence[str],
-        limit: int,
-        lease_seconds: float,
-        tenants: Sequence[str] | None,
-        held: Mapping[str, float] | None = None,
-        check_limits: bool = True,
-        after: str = "",
+        started_at: datetime | None = None,
     ) -> list[Job]:
+        """Move the rows to running; *started_at*: the instant a rate limit counted them at.
+
+        A claim that draws rate-limit tokens stamps its starts with the
+        instant the bucket was read: a fresh clock reading here came later by
+        however long the claim's queries took in between (under load, more
+        than a token's worth), and starts then looked closer together than
+        the bucket let them be.
+        """
+        stmt = (
+            update(J)
+            .where(where)
+            .values(
+                state=JobState.RUNNING.value,
+                attempt=J.c.attempt + 1,
+                attempted_at=self.now() if started_at is None else started_at,
+                lease_expires_at=self._now_plus(request.lease_seconds),
+                lease_token=str(uuid.uuid4()),
+                worker_id=request.worker_id,
+            )
+            .returning(*J.c)
+        )
+        return interleave([Job.from_row(r) for r in conn.execute(stmt)])
+
+    def _claim_fair(self, conn: Connection, request: ClaimRequest) -> list[Job]:
         """The fair claim in steps: the claim holds SQLite's one write lock
         (``BEGIN IMMEDIATE``), so nothing changes between the steps and the
         counts are exact without the row locks PostgreSQL needs. An embedded
         database serves few tenants: every busy tenant is looked at (no
         window, ``after`` is not needed).
         """
-        heads = self._busy_tenants(conn, queues, tenants)
+        queues, limit = request.queues, request.limit
+        heads = self._busy_tenants(conn, queues, request.tenants)
         if not heads:
             return []
         busy = list(heads)
-        held = held or {}
+        held = request.held or {}
         now = utcnow()
         controls = {
             row["tenant_id"]: row
@@ -235,11 +316,10 @@ class SqliteBackend(QueueBackend):
         ids = [r[0] for t, q in quota.items() for r in candidates[t][:q]]
         if not ids:
             return []
-        jobs = self.mark_claimed(
+        jobs = self._mark_claimed(
             conn,
             J.c.id.in_(ids),
-            worker_id=worker_id,
-            lease_seconds=lease_seconds,
+            request,
             started_at=now,  # the instant the buckets were read at
         )
         for tenant_id, level in levels.items():
@@ -301,7 +381,48 @@ class SqliteBackend(QueueBackend):
                 found[tenant_id].append((int(job_id), _parse_time(scheduled_at)))
         return found
 
-    def notify(self, conn: Connection, queues: Iterable[str]) -> None:
+    # -- outcomes, fenced on the lease ---------------------------------------------------
+    def complete(self, conn: Connection, leases: Sequence[Lease]) -> set[int]:
+        return self._fenced_update(
+            conn,
+            leases,
+            state=JobState.COMPLETED.value,
+            finished_at=self.now(),
+            lease_expires_at=None,
+            lease_token=None,
+        )
+
+    def extend(self, conn: Connection, leases: Sequence[Lease], lease_seconds: float) -> set[int]:
+        return self._fenced_update(conn, leases, lease_expires_at=self._now_plus(lease_seconds))
+
+    def release(self, conn: Connection, leases: Sequence[Lease]) -> set[int]:
+        return self._fenced_update(
+            conn,
+            leases,
+            state=JobState.AVAILABLE.value,
+            attempt=J.c.attempt - 1,
+            lease_expires_at=None,
+            lease_token=None,
+            worker_id=None,
+        )
+
+    def _fenced_update(self, conn: Connection, leases: Sequence[Lease], **values: Any) -> set[int]:
+        """UPDATE only rows still running under the given (id, lease token) pairs."""
+        if not leases:
+            return set()
+        stmt = (
+            update(J)
+            .where(
+                tuple_(J.c.id, J.c.lease_token).in_(list(leases)),
+                J.c.state == JobState.RUNNING.value,
+            )
+            .values(**values)
+            .returning(J.c.id)
+        )
+        return {int(i) for i in conn.execute(stmt).scalars()}
+
+    def _notify(self, conn: Connection) -> None:
+        """Wake this process's workers on the database once the transaction commits."""
         key = database_key(conn)
         if not conn.in_transaction():
             wakeups.fire(key)
@@ -309,6 +430,3 @@ class SqliteBackend(QueueBackend):
         # Fire once the surrounding transaction commits (a stray wake-up after a
         # rollback costs one empty claim; a missed one would cost a poll interval).
         event.listen(conn, "commit", lambda _c: wakeups.fire(key), once=True)
-
-    def ensure_schema(self, conn: Connection, rls_role: str, app_user: str | None) -> None:
-        create_queue_tables(conn)

@@ -1,0 +1,73 @@
+"""One :class:`QueueDriver` per database dialect, and the jobs table's set-up."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+from sqlalchemy import Connection
+
+from tenantry.errors import ConfigError
+from tenantry.queue.drivers.base import (
+    ClaimRequest,
+    Created,
+    Inserted,
+    Lease,
+    NewJobs,
+    QueueDriver,
+)
+from tenantry.queue.drivers.postgres import PostgresDriver
+from tenantry.queue.drivers.sqlite import SqliteDriver
+from tenantry.tenancy.isolation.postgres import ddl_lock
+from tenantry.tenancy.store import Store
+
+_DRIVERS: dict[str, QueueDriver] = {
+    "postgresql": PostgresDriver(),
+    "sqlite": SqliteDriver(),
+}
+#: Stores whose own database has its jobs table already (in this process).
+_prepared: weakref.WeakSet[Store] = weakref.WeakSet()
+_lock = threading.Lock()
+
+
+def driver_for(dialect: str) -> QueueDriver:
+    try:
+        return _DRIVERS[dialect]
+    except KeyError:
+        raise ConfigError(f"no queue driver for {dialect!r}") from None
+
+
+def ensure_queue_schema(conn: Connection, store: Store) -> None:
+    """Create the jobs table (and on PostgreSQL its grants and RLS) on *conn*'s database."""
+    driver_for(store.dialect).ensure_schema(conn, store.config.rls_role, store.distinct_app_user)
+
+
+def ensure_store_queue(store: Store) -> None:
+    """The jobs table of the store database itself (shared and schema tenants); once per process."""
+    with _lock:
+        if store in _prepared:
+            return
+        # SQLite: a write transaction from the start (BEGIN IMMEDIATE), as for the
+        # shared tables: creating the table reads the schema first, and a plain
+        # BEGIN is refused its first write if another connection committed since.
+        options = driver_for(store.dialect).write_options
+        with store.admin_engine().execution_options(**options).begin() as conn:
+            if store.is_postgres:
+                ddl_lock(conn)
+            ensure_queue_schema(conn, store)
+        _prepared.add(store)
+
+
+__all__ = [
+    "ClaimRequest",
+    "Created",
+    "Inserted",
+    "Lease",
+    "NewJobs",
+    "PostgresDriver",
+    "QueueDriver",
+    "SqliteDriver",
+    "driver_for",
+    "ensure_queue_schema",
+    "ensure_store_queue",
+]
