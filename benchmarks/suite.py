@@ -1,11 +1,11 @@
-"""tenantry against the Python PostgreSQL queues, side by side (issue 5).
+"""tenantry against the Python PostgreSQL queues, side by side.
 
     make bench                                   # everything, 3 runs (peers in their own venv)
     make bench-smoke                             # tenantry only, small counts, 1 run (< 60 s)
     .venv/bin/python benchmarks/suite.py --systems tenantry-10,pgqueuer-10 --runs 1 --jobs 2000
 
 Prints one table (median of the runs, min-max under it; tenantry / fastest
-peer ratios; the tenantry-only figures and the plain-SQL ceiling), the issue's
+peer ratios; the tenantry-only figures and the plain-SQL ceiling), the project's
 targets as met/missed, and writes the results as JSON to
 ``benchmarks/results/<UTC timestamp>.json`` and ``latest.json``. Exits 1 only
 when a run failed verification or crashed; missed targets do not fail it.
@@ -348,7 +348,7 @@ def targets(
     jitter: dict[str, float] | None = None,
     commits: list[int] | None = None,
 ) -> tuple[list[Target], list[str]]:
-    """The issue's targets (tenantry at its best settings vs the fastest peer), and notes."""
+    """The performance goals (tenantry at its best settings vs the fastest peer), and notes."""
     out: list[Target] = []
     notes: list[str] = []
     best = rows.get("tenantry-best")
@@ -429,7 +429,7 @@ def targets(
         if t_proc is not None and t_lat is not None:
             notes.append(
                 f"{many.label}: throughput {t_proc:.2f}x and latency p50 {t_lat:.2f}x "
-                "the one-tenant figures (the issue: should stay near 1)"
+                "the one-tenant figures (the goal: near 1)"
             )
     tx = rows["tenantry-tx"].median("proc1") if "tenantry-tx" in rows else None
     if tx is not None and empty:

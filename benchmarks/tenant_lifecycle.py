@@ -71,10 +71,11 @@ from sqlalchemy import (
 from sqlalchemy import Table as SaTable
 from sqlalchemy.engine import make_url
 
-from tenantry import Tenantry, TenantryConfig, tenant_metadata
+from tenantry import Tenantry, TenantryConfig
 from tenantry.lifecycle.migrations.runner import Migrator, Outcome
 from tenantry.lifecycle.migrations.scaffold import scaffold
 from tenantry.tenancy.isolation import strategy_for
+from tenantry.tenancy.models import tenant_metadata
 
 ROWS_PER_TENANT = 50
 PROVISION_TABLES = 30

@@ -1,38 +1,22 @@
-"""tenantry: tenant-isolated persistence and a transactional SQL job queue."""
+"""tenantry: tenant-isolated persistence and a transactional SQL job queue.
+
+The names here are the ones an application uses. Errors live in
+:mod:`tenantry.errors`; the web layer in :mod:`tenantry.web`; queue
+operations (retry, cancel, purge, stats) in :class:`tenantry.queue.QueueAdmin`.
+"""
 
 from __future__ import annotations
 
-from tenantry.errors import (
-    ConfigError,
-    CrossTenantAccessError,
-    InvalidTenantId,
-    JobNotFoundError,
-    JobStateError,
-    LeaseLostError,
-    PayloadValidationError,
-    QueueError,
-    QueueUnavailableError,
-    StoreNotFoundError,
-    TenantExistsError,
-    TenantNotFoundError,
-    TenantNotSetError,
-    TenantryError,
-    TenantStateError,
-    TenantSuspendedError,
-    TenantUnavailableError,
-    UnknownJobKind,
-    UnsupportedIsolation,
-)
+from tenantry.errors import TenantryError
 from tenantry.queue import (
     Job,
     JobContext,
     JobRegistry,
     JobState,
     Queue,
-    QueueSettings,
-    QueueStats,
     RetryPolicy,
     Worker,
+    WorkerOptions,
 )
 from tenantry.tenancy.catalog import IsolationMode, Tenant, TenantStatus
 from tenantry.tenancy.config import StoreConfig, TenantryConfig, load_config
@@ -44,70 +28,40 @@ from tenantry.tenancy.context import (
     no_tenant,
     tenant_context,
 )
-from tenantry.tenancy.ids import validate_tenant_id
+from tenantry.tenancy.facade import Tenancy
 from tenantry.tenancy.logs import TenantContextFilter
-from tenantry.tenancy.models import (
-    GlobalBase,
-    TenantBase,
-    TenantScoped,
-    global_metadata,
-    tenant_metadata,
-)
-from tenantry.tenancy.session import ALL_TENANTS, TenantSession
+from tenantry.tenancy.models import GlobalBase, TenantBase, TenantScoped
 from tenantry.tenantry import Tenantry
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ALL_TENANTS",
-    "ConfigError",
-    "CrossTenantAccessError",
     "GlobalBase",
-    "InvalidTenantId",
     "IsolationMode",
     "Job",
     "JobContext",
-    "JobNotFoundError",
     "JobRegistry",
     "JobState",
-    "JobStateError",
-    "LeaseLostError",
-    "PayloadValidationError",
     "Queue",
-    "QueueError",
-    "QueueSettings",
-    "QueueStats",
-    "QueueUnavailableError",
     "RetryPolicy",
     "StoreConfig",
-    "StoreNotFoundError",
+    "Tenancy",
     "Tenant",
     "TenantBase",
     "TenantContextFilter",
-    "TenantExistsError",
-    "TenantNotFoundError",
-    "TenantNotSetError",
     "TenantScoped",
-    "TenantSession",
-    "TenantStateError",
     "TenantStatus",
-    "TenantSuspendedError",
     "TenantThreadPoolExecutor",
-    "TenantUnavailableError",
     "Tenantry",
     "TenantryConfig",
     "TenantryError",
-    "UnknownJobKind",
-    "UnsupportedIsolation",
     "Worker",
+    "WorkerOptions",
     "__version__",
     "bind_context",
     "current_tenant",
     "current_tenant_or_none",
-    "global_metadata",
     "load_config",
     "no_tenant",
     "tenant_context",
-    "tenant_metadata",
-    "validate_tenant_id",
 ]

@@ -109,6 +109,10 @@ class TenantMismatchError(TenantResolutionError):
     """The request's credential belongs to a different tenant than its other hints name."""
 
 
+class InvariantError(TenantryError, RuntimeError):
+    """tenantry found its own state inconsistent: a bug in tenantry; please report it."""
+
+
 class QueueError(TenantryError):
     """A job queue operation failed."""
 

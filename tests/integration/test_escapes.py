@@ -11,15 +11,10 @@ from psycopg import sql
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.engine import make_url
 
-from tenantry import (
-    ALL_TENANTS,
-    CrossTenantAccessError,
-    StoreConfig,
-    Tenantry,
-    TenantryConfig,
-    tenant_context,
-)
+from tenantry import StoreConfig, Tenantry, TenantryConfig, tenant_context
+from tenantry.errors import CrossTenantAccessError
 from tenantry.tenancy.config import load_config
+from tenantry.tenancy.session import ALL_TENANTS
 from tests.conftest import ALL_CASES, TenantryFactory
 from tests.models import Note, Plan
 

@@ -8,16 +8,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, inspect, select, text
 
-from tenantry import (
+from tenantry import IsolationMode, Tenantry, tenant_context
+from tenantry.errors import (
     InvalidTenantId,
-    IsolationMode,
     TenantExistsError,
     TenantNotFoundError,
-    Tenantry,
     TenantStateError,
     TenantSuspendedError,
     TenantUnavailableError,
-    tenant_context,
 )
 from tenantry.tenancy.catalog import Catalog, Tenant, TenantStatus
 from tenantry.tenancy.isolation import schema_name, strategy_for

@@ -6,18 +6,17 @@ import pytest
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import selectinload
 
-from tenantry import (
-    ALL_TENANTS,
+from tenantry import Tenantry, tenant_context
+from tenantry.errors import (
     CrossTenantAccessError,
     TenantNotFoundError,
     TenantNotSetError,
-    Tenantry,
     TenantSuspendedError,
     TenantUnavailableError,
     UnsupportedIsolation,
-    tenant_context,
 )
 from tenantry.tenancy.catalog import TenantStatus
+from tenantry.tenancy.session import ALL_TENANTS
 from tests.conftest import ALL_CASES, TenantryFactory
 from tests.models import Note, Plan, Product, Review
 

@@ -6,14 +6,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from tenantry import (
-    ConfigError,
-    StoreConfig,
-    StoreNotFoundError,
-    Tenantry,
-    TenantryConfig,
-    load_config,
-)
+from tenantry import StoreConfig, Tenantry, TenantryConfig, load_config
+from tenantry.errors import ConfigError, StoreNotFoundError
 from tenantry.tenancy.config import config_from_dict, expand_env, mask_url
 
 

@@ -9,8 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tenantry import (
-    InvalidTenantId,
-    TenantNotSetError,
     TenantThreadPoolExecutor,
     bind_context,
     current_tenant,
@@ -18,6 +16,7 @@ from tenantry import (
     no_tenant,
     tenant_context,
 )
+from tenantry.errors import InvalidTenantId, TenantNotSetError
 from tenantry.tenancy.catalog import IsolationMode, Tenant, TenantStatus
 
 

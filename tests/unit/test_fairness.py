@@ -19,7 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tenantry import ConfigError, QueueSettings
+from tenantry.errors import ConfigError
+from tenantry.queue import QueueSettings
 from tenantry.queue.fairness import (
     Contender,
     interleave,

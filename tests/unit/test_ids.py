@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from tenantry import InvalidTenantId, TenantryError, validate_tenant_id
-from tenantry.errors import InvalidIdentifierError
-from tenantry.tenancy.ids import is_valid_tenant_id, validate_identifier
+from tenantry import TenantryError
+from tenantry.errors import InvalidIdentifierError, InvalidTenantId
+from tenantry.tenancy.ids import is_valid_tenant_id, validate_identifier, validate_tenant_id
 
 HOSTILE = [
     "",

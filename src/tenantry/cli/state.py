@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tenantry.errors import TenantryError
+from tenantry.errors import InvariantError, TenantryError
 from tenantry.tenancy.config import TenantryConfig, load_config, mask_url
 from tenantry.tenantry import Tenantry, import_object
 
@@ -39,7 +39,7 @@ class CliState:
 
     def use_config(self, config: TenantryConfig) -> None:
         if self._tenantry is not None:
-            raise RuntimeError("the configuration cannot change after Tenantry was built")
+            raise InvariantError("the configuration cannot change after Tenantry was built")
         self._config = config
 
     def tenantry(self, *, tenant_metadata: Any = None) -> Tenantry:

@@ -18,14 +18,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
-from tenantry.errors import ConfigError, CrossTenantAccessError, QueueUnavailableError
+from tenantry.errors import (
+    ConfigError,
+    CrossTenantAccessError,
+    InvariantError,
+    QueueUnavailableError,
+)
 from tenantry.queue.admin import QueueAdmin
 from tenantry.queue.drivers import (
     Created,
@@ -71,13 +76,28 @@ def _reported_unavailable() -> Iterator[None]:
         raise
 
 
+class EnqueueKwargs(TypedDict, total=False):
+    """The enqueue methods' scheduling options, declared once for all four.
+
+    ``Unpack``-ed as keyword arguments, so a call site is type-checked name
+    by name, and a misspelt option is a ``TypeError``.
+    """
+
+    delay: float | timedelta | None
+    run_at: datetime | None
+    priority: int | None
+    queue: str | None
+    max_attempts: int | None
+    idempotency_key: str | None
+    correlation_id: str | None
+
+
 @dataclass(frozen=True, slots=True)
 class EnqueueOptions:
     """How the jobs of one enqueue call are scheduled and identified.
 
-    The public methods take these as keyword arguments (so a call site is
-    type-checked name by name) and carry them inward as one value, so the
-    sync and async paths validate them in one place.
+    The public methods' keyword arguments (``EnqueueKwargs``), carried inward
+    as one value, so the sync and async paths validate them in one place.
     """
 
     delay: float | timedelta | None = None
@@ -120,19 +140,10 @@ class Queue:
         *,
         session: Session | None = None,
         connection: Connection | None = None,
-        delay: float | timedelta | None = None,
-        run_at: datetime | None = None,
-        priority: int | None = None,
-        queue: str | None = None,
-        max_attempts: int | None = None,
-        idempotency_key: str | None = None,
-        correlation_id: str | None = None,
+        **options: Unpack[EnqueueKwargs],
     ) -> EnqueuedJob:
         """Enqueue one job for the current tenant (in *session*'s transaction if given)."""
-        options = EnqueueOptions(
-            delay, run_at, priority, queue, max_attempts, idempotency_key, correlation_id
-        )
-        return self._enqueue(kind, [payload], session, connection, options)[0]
+        return self._enqueue(kind, [payload], session, connection, EnqueueOptions(**options))[0]
 
     def enqueue_many(
         self,
@@ -141,19 +152,10 @@ class Queue:
         *,
         session: Session | None = None,
         connection: Connection | None = None,
-        delay: float | timedelta | None = None,
-        run_at: datetime | None = None,
-        priority: int | None = None,
-        queue: str | None = None,
-        max_attempts: int | None = None,
-        idempotency_key: str | None = None,
-        correlation_id: str | None = None,
+        **options: Unpack[EnqueueKwargs],
     ) -> Sequence[EnqueuedJob]:
         """Enqueue many jobs of one kind with a single multi-row INSERT."""
-        options = EnqueueOptions(
-            delay, run_at, priority, queue, max_attempts, idempotency_key, correlation_id
-        )
-        return self._enqueue(kind, payloads, session, connection, options)
+        return self._enqueue(kind, payloads, session, connection, EnqueueOptions(**options))
 
     async def aenqueue(
         self,
@@ -162,19 +164,11 @@ class Queue:
         *,
         session: AsyncSession | None = None,
         connection: AsyncConnection | None = None,
-        delay: float | timedelta | None = None,
-        run_at: datetime | None = None,
-        priority: int | None = None,
-        queue: str | None = None,
-        max_attempts: int | None = None,
-        idempotency_key: str | None = None,
-        correlation_id: str | None = None,
+        **options: Unpack[EnqueueKwargs],
     ) -> EnqueuedJob:
         """``enqueue`` for async code: in an ``AsyncSession``'s transaction if given."""
-        options = EnqueueOptions(
-            delay, run_at, priority, queue, max_attempts, idempotency_key, correlation_id
-        )
-        return (await self._aenqueue(kind, [payload], session, connection, options))[0]
+        jobs = await self._aenqueue(kind, [payload], session, connection, EnqueueOptions(**options))
+        return jobs[0]
 
     async def aenqueue_many(
         self,
@@ -183,19 +177,10 @@ class Queue:
         *,
         session: AsyncSession | None = None,
         connection: AsyncConnection | None = None,
-        delay: float | timedelta | None = None,
-        run_at: datetime | None = None,
-        priority: int | None = None,
-        queue: str | None = None,
-        max_attempts: int | None = None,
-        idempotency_key: str | None = None,
-        correlation_id: str | None = None,
+        **options: Unpack[EnqueueKwargs],
     ) -> Sequence[EnqueuedJob]:
         """``enqueue_many`` for async code."""
-        options = EnqueueOptions(
-            delay, run_at, priority, queue, max_attempts, idempotency_key, correlation_id
-        )
-        return await self._aenqueue(kind, payloads, session, connection, options)
+        return await self._aenqueue(kind, payloads, session, connection, EnqueueOptions(**options))
 
     # The twins below differ only in how they reach the database; what to write
     # (``_prepare``) and what to report (``_enqueued``) is shared.
@@ -329,7 +314,7 @@ class Queue:
             # The common case: every job as requested, so from the shared columns.
             ids = inserted.ids if isinstance(inserted, Created) else [i.id for i in inserted]
             if len(ids) != len(rows):
-                raise RuntimeError(f"{len(rows)} jobs written but {len(ids)} ids returned")
+                raise InvariantError(f"{len(rows)} jobs written but {len(ids)} ids returned")
             common = rows.common
             return EnqueuedJobs(
                 ids, common["tenant_id"], common["kind"], common["queue"], _STATES[common["state"]]

@@ -122,7 +122,9 @@ class StoreEngines:
         self._lock = threading.Lock()
         self._own: dict[EngineRole[Any], Any] = {}
         self.tenant_sync: EngineLRU[Engine] = EngineLRU(tenant_capacity, retire)
-        self.tenant_async: EngineLRU[AsyncEngine] = EngineLRU(tenant_capacity, self._dispose_async)
+        self.tenant_async: EngineLRU[AsyncEngine] = EngineLRU(
+            tenant_capacity, self._schedule_dispose
+        )
         #: The loop each async engine was made on (its connections are that loop's).
         self._loops: weakref.WeakKeyDictionary[Engine, asyncio.AbstractEventLoop] = (
             weakref.WeakKeyDictionary()
@@ -149,7 +151,7 @@ class StoreEngines:
                 self._loops[engine.sync_engine] = asyncio.get_running_loop()
         return engine
 
-    def _dispose_async(self, engine: AsyncEngine) -> None:
+    def _schedule_dispose(self, engine: AsyncEngine) -> None:
         """Retire an async engine from sync code, on the loop its connections belong to.
 
         From that loop's thread the retirement is a task on it. From another
@@ -180,7 +182,7 @@ class StoreEngines:
         for engine in self.tenant_sync.pop_where(of_tenant):
             retire(engine)
         for async_engine in self.tenant_async.pop_where(of_tenant):
-            self._dispose_async(async_engine)
+            self._schedule_dispose(async_engine)
 
     def _take_own(self) -> tuple[list[Engine], list[AsyncEngine]]:
         with self._lock:
@@ -198,9 +200,9 @@ class StoreEngines:
         for engine in self.tenant_sync.clear():
             retire(engine)
         for async_engine in self.tenant_async.clear():
-            self._dispose_async(async_engine)
+            self._schedule_dispose(async_engine)
         for async_engine in async_:
-            self._dispose_async(async_engine)
+            self._schedule_dispose(async_engine)
 
     async def adispose(self) -> None:
         """Dispose everything, awaiting the async engines (call from the event loop)."""

@@ -22,14 +22,8 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from tenantry import (
-    QueueUnavailableError,
-    StoreConfig,
-    Tenantry,
-    TenantryConfig,
-    TenantryError,
-    tenant_context,
-)
+from tenantry import StoreConfig, Tenantry, TenantryConfig, TenantryError, tenant_context
+from tenantry.errors import QueueUnavailableError
 from tenantry.queue import EnqueuedJob
 from tests.conftest import TenantryFactory
 from tests.integration.faults.conftest import FleetFactory

@@ -26,9 +26,10 @@ from sqlalchemy import (
     text,
 )
 
-from tenantry import Tenantry, tenant_context, tenant_metadata
+from tenantry import Tenantry, tenant_context
 from tenantry.lifecycle.migrations.runner import Migrator
 from tenantry.tenancy.isolation import schema_name, strategy_for
+from tenantry.tenancy.models import tenant_metadata
 from tests.conftest import TenantryFactory, make_config
 from tests.integration.lifecycle.support import add_revision, with_migrations
 

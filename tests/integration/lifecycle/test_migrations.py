@@ -18,11 +18,10 @@ from tenantry import (
     Queue,
     Tenantry,
     TenantStatus,
-    TenantUnavailableError,
     Worker,
     tenant_context,
 )
-from tenantry.errors import MigrationError, TenantMigratingError
+from tenantry.errors import MigrationError, TenantMigratingError, TenantUnavailableError
 from tenantry.lifecycle.migrations.runner import Migrator, Outcome, TargetKind
 from tenantry.queue import WorkerOptions
 from tenantry.tenancy.isolation import schema_name

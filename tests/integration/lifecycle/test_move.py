@@ -40,7 +40,6 @@ from tenantry import (
     TenantryConfig,
     TenantStatus,
     tenant_context,
-    tenant_metadata,
 )
 from tenantry.errors import MoveError, TenantMovingError
 from tenantry.lifecycle.move import (
@@ -54,6 +53,7 @@ from tenantry.lifecycle.move import (
 from tenantry.queue.job import PENDING_STATES
 from tenantry.tenancy.catalog import moves_table
 from tenantry.tenancy.isolation import strategy_for
+from tenantry.tenancy.models import tenant_metadata
 from tests.integration.lifecycle.test_transfer import Ping, content, populate, registry
 from tests.models import Note, Product, Review
 

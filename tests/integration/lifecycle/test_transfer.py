@@ -34,26 +34,21 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import selectinload
 
-from tenantry import (
-    InvalidTenantId,
-    JobRegistry,
-    Queue,
-    TenantExistsError,
-    Tenantry,
-    tenant_context,
-    tenant_metadata,
-)
+from tenantry import JobRegistry, Queue, Tenantry, tenant_context
 from tenantry.errors import (
     ExportChecksumError,
     ExportCorruptError,
     ExportFormatError,
     ExportRevisionError,
+    InvalidTenantId,
+    TenantExistsError,
 )
 from tenantry.lifecycle.export import export_tenant
 from tenantry.lifecycle.import_ import import_tenant
 from tenantry.queue.schema import jobs_table
 from tenantry.queue.sources import source_of
 from tenantry.tenancy.isolation import strategy_for
+from tenantry.tenancy.models import tenant_metadata
 from tests.conftest import TenantryFactory
 from tests.integration.lifecycle.conftest import LifecycleFactory
 from tests.integration.lifecycle.support import add_revision

@@ -9,15 +9,14 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, event, func, select
 
-from tenantry import (
+from tenantry import TenantThreadPoolExecutor, tenant_context
+from tenantry.errors import (
     ConfigError,
     JobStateError,
     PayloadValidationError,
     TenantNotSetError,
     TenantSuspendedError,
-    TenantThreadPoolExecutor,
     UnknownJobKind,
-    tenant_context,
 )
 from tenantry.queue import EnqueuedJob, JobState, Queue
 from tenantry.queue.schema import jobs_table as J
@@ -107,6 +106,8 @@ def test_refused_enqueues_write_nothing(
             env.queue.enqueue("record", {"n": "not a number"})
         with pytest.raises(PayloadValidationError):
             env.queue.enqueue("record", {"n": 1, "sleep": "soon"})
+        with pytest.raises(TypeError, match="priorty"):
+            env.queue.enqueue("record", {"n": 1}, priorty=5)  # type: ignore[call-arg]
         # One bad payload spoils the whole batch: nothing of it is written.
         with pytest.raises(PayloadValidationError):
             env.queue.enqueue_many("record", [{"n": 1}, {"n": 2}, {"n": "x"}])

@@ -15,7 +15,8 @@ import pytest
 from sqlalchemy import Connection, event
 from sqlalchemy.exc import StatementError
 
-from tenantry import JobContext, JobRegistry, PayloadValidationError, Queue, tenant_context
+from tenantry import JobContext, JobRegistry, Queue, tenant_context
+from tenantry.errors import PayloadValidationError
 from tenantry.queue import JobState
 from tenantry.queue.drivers.postgres.copy import COPY_CHUNK, COPY_MIN_ROWS
 from tests.conftest import TenantryFactory

@@ -19,14 +19,14 @@ from sqlalchemy import Engine, event
 from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.pool import Pool
 
-from tenantry import (
+from tenantry import tenant_context
+from tenantry.errors import (
     InvalidTenantId,
     PayloadValidationError,
     QueueUnavailableError,
     TenantNotFoundError,
     TenantSuspendedError,
     UnknownJobKind,
-    tenant_context,
 )
 from tenantry.queue import JobState
 from tenantry.queue.drivers.postgres import CHANNEL

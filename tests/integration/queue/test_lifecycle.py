@@ -19,7 +19,7 @@ import time
 import pytest
 from sqlalchemy import func, select, text
 
-from tenantry import TenantNotFoundError
+from tenantry.errors import TenantNotFoundError
 from tenantry.queue import JobState
 from tenantry.queue.schema import jobs_table as J
 from tests.conftest import ALL_CASES, TenantryFactory

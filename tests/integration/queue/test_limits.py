@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from tenantry import ConfigError, TenantNotFoundError, Tenantry, tenant_context
+from tenantry import Tenantry, tenant_context
+from tenantry.errors import ConfigError, TenantNotFoundError
 from tenantry.queue import JobState, Queue
 from tenantry.queue.drivers import ClaimRequest
 from tenantry.queue.drivers import sqlite as sqlite_driver

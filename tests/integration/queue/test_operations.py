@@ -8,7 +8,8 @@ from datetime import timedelta
 
 import pytest
 
-from tenantry import JobNotFoundError, JobStateError, tenant_context
+from tenantry import tenant_context
+from tenantry.errors import JobNotFoundError, JobStateError
 from tenantry.queue import JobState
 from tests.conftest import TenantryFactory
 from tests.integration.queue.handlers import Recorder, noop_registry, recording_registry

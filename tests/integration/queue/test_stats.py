@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tenantry import ConfigError, TenantNotFoundError
 from tenantry.cli.main import cli
+from tenantry.errors import ConfigError, TenantNotFoundError
 from tenantry.queue import JobState
 from tenantry.queue.job import utcnow
 from tests.conftest import TenantryFactory

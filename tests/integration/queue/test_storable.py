@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from tenantry import ConfigError, PayloadValidationError, tenant_context
+from tenantry import tenant_context
+from tenantry.errors import ConfigError, PayloadValidationError
 from tenantry.queue import JobContext, JobRegistry, JobState
 from tests.integration.queue.support import CASES, EnvFactory, running, wait_until
 

@@ -6,8 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tenantry import TenantNotFoundError
-from tenantry.errors import AuthenticationError
+from tenantry.errors import AuthenticationError, TenantNotFoundError
 from tests.conftest import BACKENDS, modes_for
 from tests.integration.service.conftest import ServiceFactory, Svc, error_of
 

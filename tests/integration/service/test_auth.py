@@ -16,7 +16,7 @@ import httpx
 import pytest
 from starlette.routing import BaseRoute, Route
 
-from tenantry import ConfigError
+from tenantry.errors import ConfigError
 from tenantry.service import ServiceSettings
 from tenantry.service.auth import SESSION_COOKIE
 from tests.integration.service.conftest import ADMIN_TOKEN, AUTH, ServiceFactory, Svc, error_of

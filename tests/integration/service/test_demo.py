@@ -17,9 +17,10 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from tenantry import QueueUnavailableError, Tenantry, tenant_context
+from tenantry import Tenantry, tenant_context
 from tenantry.demo import DemoBase, DemoProduct, ProductAudit, registry
 from tenantry.demo.app import create_catalogue_app
+from tenantry.errors import QueueUnavailableError
 from tenantry.queue import JobState, Queue, Worker, WorkerOptions
 from tests.conftest import BACKENDS, make_config
 from tests.integration.queue.support import running, wait_until

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from tenantry import TenantNotFoundError, TenantryError
-from tenantry.errors import ApiKeyNotFoundError, AuthenticationError
+from tenantry import TenantryError
+from tenantry.errors import ApiKeyNotFoundError, AuthenticationError, TenantNotFoundError
 from tenantry.tenancy.catalog import api_keys_table
 from tenantry.web import ApiKeys
 from tests.conftest import TenantryFactory, make_config

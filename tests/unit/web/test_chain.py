@@ -6,19 +6,17 @@ import json
 
 import pytest
 
-from tenantry import (
-    ConfigError,
-    InvalidTenantId,
-    TenantNotFoundError,
-    TenantryError,
-    TenantSuspendedError,
-    TenantUnavailableError,
-)
+from tenantry import TenantryError
 from tenantry.errors import (
     AmbiguousTenantError,
     AuthenticationError,
+    ConfigError,
+    InvalidTenantId,
     TenantMismatchError,
+    TenantNotFoundError,
     TenantRequiredError,
+    TenantSuspendedError,
+    TenantUnavailableError,
 )
 from tenantry.web import Candidate, RequestInfo, ResolverChain, Strength, refusal_for
 from tenantry.web.chain import combine

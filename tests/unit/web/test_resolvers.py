@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tenantry import ConfigError, InvalidTenantId, TenantNotFoundError
-from tenantry.errors import AmbiguousTenantError
+from tenantry.errors import AmbiguousTenantError, ConfigError, InvalidTenantId, TenantNotFoundError
 from tenantry.web import Candidate, HeaderResolver, HostResolver, RequestInfo, Strength
 from tenantry.web.resolvers import normalize_host
 

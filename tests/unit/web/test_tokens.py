@@ -15,8 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tenantry import ConfigError
-from tenantry.errors import AuthenticationError
+from tenantry.errors import AuthenticationError, ConfigError
 from tenantry.web import Candidate, JWTResolver, RequestInfo, Strength
 
 SECRET = "unit-test-secret-0123456789abcdef0123"

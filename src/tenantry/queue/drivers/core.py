@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, Insert, Select, delete
 from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tenantry.errors import InvariantError
 from tenantry.queue.drivers.base import Inserted
 from tenantry.queue.job import PENDING_STATES, Job, JobState, utcnow
 from tenantry.queue.schema import IDEMPOTENCY_PREDICATE
@@ -103,7 +104,7 @@ class CoreSql:
             if existing is not None:
                 return Inserted(int(existing.id), False, dict(existing._mapping))
             # The holder finished between the two statements: try to insert again.
-        raise RuntimeError(f"idempotent enqueue did not settle after {KEYED_INSERT_TRIES} tries")
+        raise InvariantError(f"idempotent enqueue did not settle after {KEYED_INSERT_TRIES} tries")
 
     # -- outcomes --------------------------------------------------------------------
     def fail(

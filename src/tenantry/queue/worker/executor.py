@@ -171,7 +171,7 @@ class Executor:
         in_thread = self._rt.threads.in_thread
         if handler.transactional:
             call: Awaitable[None] = (
-                self._transactional_async(handler, ctx, payload, source)
+                self._atransactional(handler, ctx, payload, source)
                 if handler.is_async
                 else in_thread(self._transactional_sync, handler, ctx, payload, source)
             )
@@ -207,7 +207,7 @@ class Executor:
             handler.fn(ctx, payload)
             complete_in(session.connection(), source, ctx.job)
 
-    async def _transactional_async(
+    async def _atransactional(
         self, handler: Handler, ctx: JobContext, payload: Any, source: JobSource
     ) -> None:
         async with self._rt.tenancy.async_session() as session, session.begin():

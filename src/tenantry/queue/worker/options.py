@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
+from tenantry.errors import ConfigError
+
 
 @dataclass(frozen=True, kw_only=True)
 class WorkerOptions:
@@ -62,8 +64,8 @@ class WorkerOptions:
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+            raise ConfigError("concurrency must be at least 1")
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
-                raise ValueError(f"{f.name} must not be negative (got {value!r})")
+                raise ConfigError(f"{f.name} must not be negative (got {value!r})")

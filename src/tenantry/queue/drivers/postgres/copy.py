@@ -86,7 +86,7 @@ def copy_binary(ids: list[int], rows: NewJobs, encoding: str) -> Iterator[bytes]
     yield _TRAILER
 
 
-async def _copy_async(raw: psycopg.AsyncConnection[Any], ids: list[int], rows: NewJobs) -> None:
+async def _acopy(raw: psycopg.AsyncConnection[Any], ids: list[int], rows: NewJobs) -> None:
     async with raw.cursor() as cur, cur.copy(COPY_JOBS) as copy:
         for data in copy_binary(ids, rows, raw.info.encoding):
             await copy.write(data)
@@ -98,7 +98,7 @@ def copy_jobs(conn: Connection, rows: NewJobs) -> list[int]:
     raw = conn.connection.driver_connection
     try:
         if isinstance(raw, psycopg.AsyncConnection):
-            await_only(_copy_async(raw, ids, rows))
+            await_only(_acopy(raw, ids, rows))
         else:
             assert isinstance(raw, psycopg.Connection)
             with raw.cursor() as cur, cur.copy(COPY_JOBS) as copy:
