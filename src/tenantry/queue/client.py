@@ -47,6 +47,7 @@ from tenantry.queue.sources import JobSource, source_of
 from tenantry.tenancy.catalog import IsolationMode, Tenant
 from tenantry.tenancy.context import current_tenant
 from tenantry.tenancy.ids import validate_tenant_id
+from tenantry.tenancy.isolation import strategy_for
 from tenantry.tenancy.session import TenantSession
 
 if TYPE_CHECKING:
@@ -127,10 +128,14 @@ class Queue:
         self.tenantry.setup()
         for store in self.tenantry.stores.values():
             ensure_store_queue(store)
-        for tenant in self.tenantry.list_tenants(isolation=IsolationMode.DATABASE):
-            source = JobSource(self.tenantry.store(tenant.store), tenant.id)
-            with source.engine().begin() as conn:
-                ensure_queue_schema(conn, source.store)
+        # Tenants with a database of their own keep their jobs there.
+        for mode in IsolationMode:
+            if not strategy_for(mode).own_database:
+                continue
+            for tenant in self.tenantry.list_tenants(isolation=mode):
+                source = source_of(tenant, self.tenantry.store(tenant.store))
+                with source.engine().begin() as conn:
+                    ensure_queue_schema(conn, source.store)
 
     # -- enqueue --------------------------------------------------------------------
     def enqueue(
