@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 import click
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
-from tenantry.cli import demo, init, lifecycle, queue, serve, tenants, worker
+from tenantry.cli import demo, init, lifecycle, migrate, queue, serve, tenants, worker
 from tenantry.cli.output import CliError, CliUsageError
 from tenantry.cli.state import CliState
 from tenantry.errors import TenantryError
@@ -142,7 +142,7 @@ _COMMANDS: tuple[click.Command, ...] = (
     queue.queue_group,
     worker.worker,
     serve.serve,
-    lifecycle.migrate,
+    migrate.migrate,
 )
 #: The lifecycle commands that act on one tenant sit in the ``tenants`` group.
 _TENANT_COMMANDS: tuple[click.Command, ...] = (
