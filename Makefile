@@ -1,19 +1,30 @@
 # The two commands of the README: `make demo` and `make test`.
-# Each creates ./.venv (from python3.11 or python3) and installs what it needs.
+# Each creates ./.venv (from python3.11 or python3) and installs what it needs, at
+# the locked versions (requirements/constraints.txt): `make demo` only tenantry and
+# the 'demo' extra, `make test` the 'dev' extra (every extra, test and lint tools).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
+CONSTRAINTS := requirements/constraints.txt
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
+PIP_INSTALL = $(BIN)/python -m pip install --quiet
 
-.PHONY: demo test test-fast lint typecheck clean bench bench-smoke
+.PHONY: demo test test-fast test-lowest core-install lock lint typecheck clean bench bench-smoke
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade "pip==25.3"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(PIP_INSTALL) --upgrade "pip==25.3"
+
+$(STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP_INSTALL) -e ".[dev]" -c $(CONSTRAINTS)
 	touch $(STAMP)
 
-demo: $(STAMP)
+$(DEMO_STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP_INSTALL) -e ".[demo]" -c $(CONSTRAINTS)
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/tenantry demo
 
 # The whole suite (unit + integration, SQLite + PostgreSQL), lint, types and the
@@ -25,6 +36,40 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+# The suite again, with every runtime dependency at its lowest supported version
+# (requirements/lowest.txt: pyproject.toml's lower bounds), in a venv of its own.
+# No lint or types: those do not depend on the versions. CI runs it after `make test`.
+LOWEST_VENV := .venv-lowest
+LOWEST_STAMP := $(LOWEST_VENV)/.installed
+
+$(LOWEST_STAMP): pyproject.toml requirements/lowest.txt
+	rm -rf $(LOWEST_VENV)
+	$(PYTHON) -m venv $(LOWEST_VENV)
+	$(LOWEST_VENV)/bin/python -m pip install --quiet --upgrade "pip==25.3"
+	$(LOWEST_VENV)/bin/python -m pip install --quiet -e ".[all,test]" -c requirements/lowest.txt
+	touch $(LOWEST_STAMP)
+
+test-lowest: $(LOWEST_STAMP)
+	$(LOWEST_VENV)/bin/python -m pytest -n 2 $(PYTEST_ARGS)
+
+# `pip install tenantry` with no extras, in a throwaway venv: a SQLite round trip
+# and the CLI must work without psycopg, FastAPI or PyJWT (.ci/core_install.sh).
+core-install:
+	PYTHON=$(PYTHON) .ci/core_install.sh
+
+# Regenerate requirements/constraints.txt in a throwaway venv, keeping its pins
+# where they still fit; `make lock UPGRADE=1` moves everything to the newest releases.
+LOCK_VENV := $(or $(TMPDIR),/tmp)/tenantry-lock-venv
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade "pip==25.3"
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e ".[dev]" $(if $(UPGRADE),,-c $(CONSTRAINTS))
+	grep '^#' $(CONSTRAINTS) > $(CONSTRAINTS).new
+	$(LOCK_VENV)/bin/python -m pip freeze --exclude-editable >> $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf $(LOCK_VENV)
 
 # Local loop: skips the slow soak/crash tests. To skip the wall-clock-sensitive
 # tests as well: make test-fast FAST_MARKERS="not slow and not timing".
@@ -57,4 +102,4 @@ bench-smoke: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider -s --bench-smoke $(PYTEST_ARGS) $(BENCH_SMOKE_TESTS)
 
 clean:
-	rm -rf $(VENV) $(PEERS_VENV) tenantry-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOWEST_VENV) $(PEERS_VENV) tenantry-data .pytest_cache .mypy_cache .ruff_cache

@@ -1,9 +1,14 @@
-"""One :class:`QueueDriver` per database dialect, and the jobs table's set-up."""
+"""One :class:`QueueDriver` per database dialect, and the jobs table's set-up.
+
+The PostgreSQL driver needs psycopg (the 'postgres' extra), so it is loaded
+when a PostgreSQL store first asks for it: SQLite alone needs no psycopg.
+"""
 
 from __future__ import annotations
 
 import threading
 import weakref
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 
@@ -16,25 +21,36 @@ from tenantry.queue.drivers.base import (
     NewJobs,
     QueueDriver,
 )
-from tenantry.queue.drivers.postgres import PostgresDriver
 from tenantry.queue.drivers.sqlite import SqliteDriver
 from tenantry.tenancy.isolation.postgres import ddl_lock
 from tenantry.tenancy.store import Store
 
-_DRIVERS: dict[str, QueueDriver] = {
-    "postgresql": PostgresDriver(),
-    "sqlite": SqliteDriver(),
-}
+if TYPE_CHECKING:
+    from tenantry.queue.drivers.postgres.driver import PostgresDriver
+
+_DRIVERS: dict[str, QueueDriver] = {"sqlite": SqliteDriver()}
 #: Stores whose own database has its jobs table already (in this process).
 _prepared: weakref.WeakSet[Store] = weakref.WeakSet()
 _lock = threading.Lock()
 
 
 def driver_for(dialect: str) -> QueueDriver:
-    try:
-        return _DRIVERS[dialect]
-    except KeyError:
-        raise ConfigError(f"no queue driver for {dialect!r}") from None
+    driver = _DRIVERS.get(dialect)
+    if driver is None and dialect == "postgresql":
+        from tenantry.queue.drivers.postgres.driver import PostgresDriver
+
+        driver = _DRIVERS.setdefault(dialect, PostgresDriver())
+    if driver is None:
+        raise ConfigError(f"no queue driver for {dialect!r}")
+    return driver
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PostgresDriver":
+        from tenantry.queue.drivers.postgres.driver import PostgresDriver
+
+        return PostgresDriver
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def ensure_queue_schema(conn: Connection, store: Store) -> None:

@@ -26,7 +26,7 @@ from tenantry.queue.worker.observe import COMPLETED, LOST, short_error
 from tenantry.queue.worker.state import Held, Runtime
 from tenantry.tenancy.catalog import TenantStatus
 from tenantry.tenancy.context import tenant_context
-from tenantry.tenancy.logs import get_logger
+from tenantry.tenancy.logs import get_logger, log_fields
 
 if TYPE_CHECKING:
     from tenantry.queue.worker.completer import Completer
@@ -70,7 +70,9 @@ class Executor:
         state = self._state
         job = held.job
         try:
-            with tenant_context.trusted(job.tenant_id):  # validated when enqueued
+            # The tenant id was validated when enqueued. Every record logged for
+            # this job, the handler's too, carries its id and kind.
+            with tenant_context.trusted(job.tenant_id), log_fields(job_id=job.id, kind=job.kind):
                 await self._execute(held)
         except asyncio.CancelledError:
             # Shutdown past the grace period: the drain releases the lease.

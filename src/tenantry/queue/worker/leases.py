@@ -35,9 +35,7 @@ class Leases:
                 leases = [(h.job.id, h.job.lease_token or "") for h in items]
                 try:
                     async with source.async_engine().begin() as conn:
-                        kept = await conn.run_sync(
-                            source.driver.extend, leases, lease_seconds
-                        )
+                        kept = await conn.run_sync(source.driver.extend, leases, lease_seconds)
                 except DB_ERRORS as exc:
                     log.warning("heartbeat on %s failed: %s", source.key, short_error(exc))
                     continue

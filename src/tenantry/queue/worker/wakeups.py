@@ -11,8 +11,6 @@ import asyncio
 import functools
 from collections.abc import Callable
 
-import psycopg
-
 from tenantry.backoff import ExponentialBackoff
 from tenantry.errors import DB_ERRORS
 from tenantry.queue.drivers.postgres import CHANNEL
@@ -77,6 +75,9 @@ class Wakeups:
         self._loop.call_soon_threadsafe(self._state.wake_source, key)
 
     async def _listen(self, source: JobSource) -> None:
+        import psycopg  # the 'postgres' extra; only PostgreSQL sources listen
+
+        lost: tuple[type[BaseException], ...] = (*DB_ERRORS, psycopg.Error)  # a raw connection
         url = source.engine().url.set(drivername="postgresql")
         conninfo = url.render_as_string(hide_password=False)
         key = source.key
@@ -92,7 +93,7 @@ class Wakeups:
                         state.wake_source(key)
             except asyncio.CancelledError:
                 raise
-            except DB_ERRORS as exc:
+            except lost as exc:
                 log.warning(
                     "LISTEN on %s lost (%s); polling until it is back", key, short_error(exc)
                 )

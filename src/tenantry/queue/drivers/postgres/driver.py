@@ -50,9 +50,6 @@ from tenantry.queue.schema import create_queue_tables, jobs_table
 from tenantry.tenancy.isolation import postgres as pg
 from tenantry.tenancy.models import TENANTRY_SCHEMA
 
-#: Execution option of engines whose sessions carry ``CLAIM_SESSION_SETTINGS``.
-GENERIC_PLANS = "tenantry_generic_plans"
-
 
 def fetch(conn: Connection, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
     """Run *sql* on the DBAPI cursor and return plain tuples.
@@ -335,7 +332,7 @@ class PostgresDriver(CoreSql):
         # the generic plan uses them (tests check the plan in both modes). The
         # worker's claim engine sets these per connection, saving a round trip;
         # see CLAIM_SESSION_SETTINGS for why each is set.
-        if not conn.get_execution_options().get(GENERIC_PLANS):
+        if not conn.get_execution_options().get(q.GENERIC_PLANS):
             conn.exec_driver_sql(q.CLAIM_SET_LOCAL)
         which = q.variant(queues, tenants)
         locked: list[str] = []

@@ -34,6 +34,8 @@ CLAIM_SESSION_SETTINGS: dict[str, str] = {
 }
 #: The settings as libpq connection options (the claim engine's sessions).
 CLAIM_SESSION_OPTIONS = " ".join(f"-c {k}={v}" for k, v in CLAIM_SESSION_SETTINGS.items())
+#: Execution option of engines whose sessions carry ``CLAIM_SESSION_SETTINGS``.
+GENERIC_PLANS = "tenantry_generic_plans"
 #: The settings for one transaction, on a connection that lacks them.
 CLAIM_SET_LOCAL = "; ".join(f"SET LOCAL {k} = {v}" for k, v in CLAIM_SESSION_SETTINGS.items())
 
