@@ -2,7 +2,15 @@
 
 Precedence (highest first): explicit arguments, ``TENANTRY_DATABASE_URL`` (the
 one-store case), the TOML file (``TENANTRY_CONFIG`` or ``./tenantry.toml``), and
-finally the embedded default, a SQLite file under ``./tenantry-data``.
+finally the embedded default, a SQLite file under ``./tenantry-data``
+(``TENANTRY_DATA_DIR`` moves it).
+
+``StoreConfig`` and ``TenantryConfig`` are frozen pydantic dataclasses: every
+value is checked when the configuration is built, so a typo fails at start-up
+with one line naming the file, the key, the value and what was expected
+(``tenantry.toml: stores.main.pool_size = 'abc': expected an integer``), not
+later with a traceback from deep inside an engine. The messages are built in
+:mod:`tenantry.tenancy.config_errors`.
 
 Store URLs may reference environment variables as ``${NAME}``. They are kept
 unexpanded in this object and expanded only when an engine is built, so a
@@ -15,44 +23,52 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from sqlalchemy.engine import URL, make_url
+from pydantic import (
+    AliasChoices,
+    Field,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError
 
-from tenantry.errors import ConfigError, InvalidIdentifierError, StoreNotFoundError
+from tenantry.errors import ConfigError, StoreNotFoundError
+from tenantry.tenancy.config_errors import (
+    FROZEN_FORBID,
+    STORE_KEYS,
+    TOP_KEYS,
+    config_error,
+    raising_config_error,
+)
 from tenantry.tenancy.ids import validate_identifier
+from tenantry.tenancy.urls import check_dialect, expand_env, mask_url, parse_url
 
 DEFAULT_STORE = "default"
 DEFAULT_DATA_DIR = "./tenantry-data"
 CONFIG_FILE_NAME = "tenantry.toml"
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+EMBEDDED_DEFAULT = "embedded default"
 _STORE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
-_PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)([^@]*)(@)")
+
+#: A TOML string; pydantic's lax mode would take other things for one.
+Text = Annotated[str, Strict()]
+#: A count: "abc", 2.5 and true are not integers.
+Count = Annotated[int, Strict(), Field(ge=1)]
+#: Seconds: a TOML integer is fine, "soon" is not.
+Seconds = Annotated[float, Strict(), Field(ge=0)]
 
 
-def expand_env(template: str, environ: Mapping[str, str] | None = None) -> str:
-    """Replace ``${NAME}`` with the environment's value; a missing one is an error."""
-    env = os.environ if environ is None else environ
-
-    def sub(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in env:
-            raise ConfigError(f"environment variable {name} (used in a store URL) is not set")
-        return env[name]
-
-    return _ENV_REF.sub(sub, template)
-
-
-def mask_url(url: str | URL) -> str:
-    """A URL safe to show: the password (literal or ``${...}``) becomes ``***``."""
-    text = url.render_as_string(hide_password=True) if isinstance(url, URL) else str(url)
-    return _PASSWORD_IN_URL.sub(lambda m: m.group(1) + "***" + m.group(3), text)
-
-
-@dataclass(frozen=True)
+@raising_config_error
+@dataclass(frozen=True, config=FROZEN_FORBID)
 class StoreConfig:
     """A named place tenants are put on: one database server or SQLite location.
 
@@ -64,36 +80,64 @@ class StoreConfig:
     when ``url`` already is such a role.
     """
 
-    name: str
-    url: str
-    admin_url: str | None = None
-    rls_role: str = "tenantry_rls"
-    max_tenant_engines: int = 16
-    pool_size: int = 5
-    database_prefix: str | None = None
+    name: Text
+    url: Text
+    admin_url: Text | None = None
+    rls_role: Text = "tenantry_rls"
+    max_tenant_engines: Count = 16
+    pool_size: Count = 5
+    database_prefix: Text | None = None
 
-    def __post_init__(self) -> None:
-        if not _STORE_NAME.fullmatch(self.name):
-            raise ConfigError(f"invalid store name {self.name!r}: use a-z, 0-9 and _")
-        try:
-            if self.rls_role:
-                validate_identifier(self.rls_role, "rls_role")
-            if self.database_prefix is not None:
-                validate_identifier(self.database_prefix, "database_prefix")
-        except InvalidIdentifierError as exc:
-            raise ConfigError(f"store {self.name!r}: {exc}") from exc
-        if self.database_prefix is not None and len(self.database_prefix) > 23:
-            raise ConfigError("database_prefix is at most 23 characters (63 - tenant id)")
-        if self.max_tenant_engines < 1:
-            raise ConfigError("max_tenant_engines must be at least 1")
-        self.parsed_url(expand=False)  # fail early on malformed URLs, secrets unexpanded
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _STORE_NAME.fullmatch(value):
+            raise ValueError(
+                f"invalid store name {value!r}: use a-z, 0-9 and _, "
+                "starting with a letter, at most 40 characters"
+            )
+        return value
+
+    @field_validator("url", "admin_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:  # secrets unexpanded: only the shape is checked here
+            url = parse_url(value, expand=False)
+        except (ArgumentError, ValueError):
+            raise ValueError(
+                "malformed URL: expected e.g. postgresql+psycopg://user@host:5432/db "
+                "or sqlite:///path/to/file.db"
+            ) from None
+        check_dialect(url)
+        return value
+
+    @field_validator("rls_role")
+    @classmethod
+    def _check_role(cls, value: str) -> str:
+        return validate_identifier(value, "rls_role") if value else value
+
+    @field_validator("database_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        validate_identifier(value, "database_prefix")
+        if len(value) > 23:
+            raise ValueError(
+                "expected at most 23 characters (a tenant id of up to 40 follows it, "
+                "and PostgreSQL names stop at 63)"
+            )
+        return value
 
     def parsed_url(self, *, admin: bool = False, expand: bool = True) -> URL:
+        """``url`` (or ``admin_url``) parsed; *expand*: with secrets, for an engine only."""
         raw = (self.admin_url or self.url) if admin else self.url
         try:
-            return make_url(expand_env(raw) if expand else _ENV_REF.sub("x", raw))
-        except ArgumentError as exc:
-            raise ConfigError(f"store {self.name!r}: malformed URL {mask_url(raw)}") from exc
+            return parse_url(raw, expand=expand)
+        except (ArgumentError, ValueError):
+            raise ConfigError(f"store {self.name!r}: malformed URL {mask_url(raw)}") from None
 
     def __repr__(self) -> str:
         admin = f", admin_url={mask_url(self.admin_url)!r}" if self.admin_url else ""
@@ -108,27 +152,43 @@ class StoreConfig:
         return mask_url(self.url)
 
 
-@dataclass(frozen=True)
+@raising_config_error
+@dataclass(frozen=True, config=FROZEN_FORBID)
 class TenantryConfig:
+    """Every store, which one holds the catalog, and the application's metadata and histories."""
+
     stores: dict[str, StoreConfig]
-    default_store: str = DEFAULT_STORE
-    catalog_store: str | None = None
-    data_dir: str = DEFAULT_DATA_DIR
-    tenant_metadata: str | None = None
-    global_metadata: str | None = None
+    default_store: Text = DEFAULT_STORE
+    catalog_store: Text | None = None
+    data_dir: Text = DEFAULT_DATA_DIR
+    tenant_metadata: Text | None = None
+    global_metadata: Text | None = None
     #: Alembic script directories of the two histories (tenant tables, global tables).
-    tenant_migrations: str | None = None
-    global_migrations: str | None = None
-    catalog_cache_ttl: float = 5.0
+    tenant_migrations: Text | None = None
+    global_migrations: Text | None = None
+    catalog_cache_ttl: Seconds = 5.0
     source: str = "default"
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check_stores(self) -> TenantryConfig:
         if not self.stores:
-            raise ConfigError("at least one store must be configured")
-        for name in (self.default_store, self.catalog_store_name):
-            if name not in self.stores:
-                raise StoreNotFoundError(f"store {name!r} is not configured")
+            raise PydanticCustomError("no_store", "at least one store must be configured")
+        for key, store in self.stores.items():
+            if key != store.name:
+                raise PydanticCustomError(
+                    "store_key", f"stores.{key} holds the store named {store.name!r}"
+                )
+        named = (("default_store", self.default_store), ("catalog_store", self.catalog_store))
+        for what, name in named:
+            if name is not None and name not in self.stores:
+                known = ", ".join(sorted(self.stores))
+                raise PydanticCustomError(
+                    "store_not_found",
+                    "no such store (configured: {known})",
+                    {"key": what, "value": name, "known": known},
+                )
+        return self
 
     @property
     def catalog_store_name(self) -> str:
@@ -141,27 +201,66 @@ class TenantryConfig:
             known = ", ".join(sorted(self.stores))
             raise StoreNotFoundError(f"no store named {name!r} (configured: {known})") from None
 
+    def data_location_notice(self) -> str | None:
+        """One line saying where the embedded default keeps data, or None for a configured store."""
+        if self.source != EMBEDDED_DEFAULT:
+            return None
+        where = Path(self.data_dir).resolve()
+        return (
+            f"no tenantry.toml or TENANTRY_DATABASE_URL: using the embedded default, SQLite "
+            f"under {where} (write a tenantry.toml, e.g. with `tenantry init`, set "
+            "TENANTRY_DATABASE_URL, or set TENANTRY_DATA_DIR to keep the data elsewhere)"
+        )
+
     @classmethod
     def single(cls, url: str, **store_options: Any) -> TenantryConfig:
         """One store named ``default`` at *url*."""
         return cls(stores={DEFAULT_STORE: StoreConfig(DEFAULT_STORE, url, **store_options)})
 
     @classmethod
-    def sqlite_default(cls, data_dir: str = DEFAULT_DATA_DIR) -> TenantryConfig:
+    def sqlite_default(cls, data_dir: str | os.PathLike[str] = DEFAULT_DATA_DIR) -> TenantryConfig:
+        """The embedded default: one SQLite store in *data_dir*."""
         url = f"sqlite:///{Path(data_dir) / 'default.db'}"
         return cls(
             stores={DEFAULT_STORE: StoreConfig(DEFAULT_STORE, url)},
-            data_dir=data_dir,
-            source="embedded default",
+            data_dir=os.fspath(data_dir),
+            source=EMBEDDED_DEFAULT,
         )
+
+
+class TenantryEnvironment(BaseSettings):
+    """The ``TENANTRY_*`` environment variables the configuration reads."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=True, env_ignore_empty=True, extra="ignore", frozen=True
+    )
+
+    #: The TOML file (default ``./tenantry.toml``).
+    config: str | None = Field(default=None, validation_alias=AliasChoices("TENANTRY_CONFIG"))
+    #: The default store's URL; beats the file's.
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("TENANTRY_DATABASE_URL")
+    )
+    #: Where the embedded default keeps its SQLite files.
+    data_dir: str = Field(
+        default=DEFAULT_DATA_DIR, validation_alias=AliasChoices("TENANTRY_DATA_DIR")
+    )
+
+    @classmethod
+    def read(cls, environ: Mapping[str, str] | None = None) -> TenantryEnvironment:
+        """From the process environment (pydantic-settings), or from *environ* alone."""
+        if environ is None:
+            return cls()
+        names = {"TENANTRY_CONFIG", "TENANTRY_DATABASE_URL", "TENANTRY_DATA_DIR"}
+        return cls.model_validate({k: v for k, v in environ.items() if k in names and v})
 
 
 def load_config(
     path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> TenantryConfig:
     """Load the configuration following the documented precedence."""
-    env = os.environ if environ is None else environ
-    file = Path(path) if path is not None else Path(env.get("TENANTRY_CONFIG", CONFIG_FILE_NAME))
+    env = TenantryEnvironment.read(environ)
+    file = Path(path) if path is not None else Path(env.config or CONFIG_FILE_NAME)
     if path is not None and not file.exists():
         raise ConfigError(f"config file {file} does not exist")
     data: dict[str, Any] = {}
@@ -170,52 +269,91 @@ def load_config(
             data = tomllib.loads(file.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{file}: {exc}") from exc
-    env_url = env.get("TENANTRY_DATABASE_URL")
-    if env_url:
+        except OSError as exc:
+            raise ConfigError(f"cannot read {file}: {exc.strerror or exc}") from exc
+    if env.database_url:
         section = data.get("tenantry", {})
-        stores_data = dict(data.get("stores", {}))
-        name = section.get("default_store", DEFAULT_STORE)
-        # Only the URL is overridden: admin_url, rls_role, pool sizes stay as configured.
-        stores_data[name] = {**stores_data.get(name, {}), "url": env_url}
-        data = {**data, "stores": stores_data}
+        stores_data = data.get("stores", {})
+        if isinstance(section, Mapping) and isinstance(stores_data, Mapping):
+            name = section.get("default_store", DEFAULT_STORE)
+            current = stores_data.get(name, {})
+            current = current if isinstance(current, Mapping) else {}
+            # Only the URL is overridden: admin_url, rls_role, pool sizes stay as configured.
+            stores_data = {**stores_data, name: {**current, "url": env.database_url}}
+            data = {**data, "stores": stores_data}
     if not data:
-        return TenantryConfig.sqlite_default(env.get("TENANTRY_DATA_DIR", DEFAULT_DATA_DIR))
-    return config_from_dict(data, source=str(file) if file.exists() else "environment")
+        return TenantryConfig.sqlite_default(env.data_dir)
+    return config_from_dict(
+        data,
+        source=str(file) if file.exists() else "environment",
+        url_from_env=env.database_url is not None,
+    )
 
 
-_STORE_KEYS = {"url", "admin_url", "rls_role", "max_tenant_engines", "pool_size", "database_prefix"}
-_TOP_KEYS = {
-    "default_store",
-    "catalog_store",
-    "data_dir",
-    "tenant_metadata",
-    "global_metadata",
-    "tenant_migrations",
-    "global_migrations",
-    "catalog_cache_ttl",
-}
+_ADAPTER: TypeAdapter[TenantryConfig] = TypeAdapter(TenantryConfig)
 
 
-def config_from_dict(data: Mapping[str, Any], source: str = "dict") -> TenantryConfig:
-    section = dict(data.get("tenantry", {}))
-    unknown = set(section) - _TOP_KEYS
-    if unknown:
-        raise ConfigError(f"{source}: unknown [tenantry] keys: {', '.join(sorted(unknown))}")
-    raw_stores = data.get("stores", {})
-    if not isinstance(raw_stores, Mapping):
-        raise ConfigError(f"{source}: [stores] must be a table")
-    stores: dict[str, StoreConfig] = {}
-    for name, options in raw_stores.items():
-        if not isinstance(options, Mapping) or "url" not in options:
-            raise ConfigError(f"{source}: store {name!r} needs a url")
-        bad = set(options) - _STORE_KEYS
-        if bad:
-            raise ConfigError(f"{source}: store {name!r}: unknown keys {', '.join(sorted(bad))}")
-        stores[name] = StoreConfig(name=name, **options)
+def _table(value: object, where: str, prefix: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{prefix}{where} = {value!r}: expected a table")
+    return value
+
+
+def config_from_dict(
+    data: Mapping[str, Any], source: str | None = None, *, url_from_env: bool = False
+) -> TenantryConfig:
+    """A configuration from the TOML layout: ``[tenantry]`` keys and ``[stores.NAME]`` tables.
+
+    *source* (the file) starts every error message and is kept as ``.source``.
+
+    *url_from_env*: the default store's URL came from ``TENANTRY_DATABASE_URL``
+    (an error in it names the variable, not the file).
+    """
+    prefix = f"{source}: " if source else ""
+    unknown_tables = sorted(set(data) - {"tenantry", "stores"})
+    if unknown_tables:
+        raise ConfigError(
+            f"{prefix}{unknown_tables[0]}: unknown table (expected [tenantry] and [stores.NAME])"
+        )
+    section = dict(_table(data.get("tenantry", {}), "tenantry", prefix))
+    for key in section:
+        if key not in TOP_KEYS:
+            known = ", ".join(sorted(TOP_KEYS))
+            raise ConfigError(f"{prefix}tenantry.{key}: unknown key (expected one of: {known})")
+    stores: dict[str, Any] = {}
+    for name, options in _table(data.get("stores", {}), "stores", prefix).items():
+        if isinstance(options, Mapping):
+            if "name" in options:
+                known = ", ".join(sorted(STORE_KEYS))
+                raise ConfigError(
+                    f"{prefix}stores.{name}.name: unknown key (the table's name is the "
+                    f"store's name; expected one of: {known})"
+                )
+            options = {**options, "name": name}
+        stores[name] = options
     if not stores:
         data_dir = section.get("data_dir", DEFAULT_DATA_DIR)
-        stores[DEFAULT_STORE] = StoreConfig(
-            DEFAULT_STORE, f"sqlite:///{Path(data_dir) / 'default.db'}"
-        )
-    default = section.pop("default_store", next(iter(stores)))
-    return TenantryConfig(stores=stores, default_store=default, source=source, **section)
+        sqlite = f"sqlite:///{Path(str(data_dir)) / 'default.db'}"
+        stores[DEFAULT_STORE] = {"name": DEFAULT_STORE, "url": sqlite}
+    section.setdefault("default_store", next(iter(stores)))
+    env_label: dict[tuple[str, ...], str] = {}
+    if url_from_env:
+        env_label[("stores", str(section["default_store"]), "url")] = "TENANTRY_DATABASE_URL"
+    try:
+        return _ADAPTER.validate_python({**section, "stores": stores, "source": source or "dict"})
+    except ValidationError as exc:
+        raise config_error(exc, source=source, in_file=True, labels=env_label) from None
+
+
+__all__ = [
+    "CONFIG_FILE_NAME",
+    "DEFAULT_DATA_DIR",
+    "DEFAULT_STORE",
+    "StoreConfig",
+    "TenantryConfig",
+    "TenantryEnvironment",
+    "config_from_dict",
+    "expand_env",
+    "load_config",
+    "mask_url",
+]

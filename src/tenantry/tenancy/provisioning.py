@@ -28,6 +28,7 @@ from sqlalchemy import Connection, MetaData, create_mock_engine
 from sqlalchemy.engine import URL
 
 from tenantry.tenancy.models import TENANT_SCHEMA
+from tenantry.tenancy.urls import SYNC_DRIVERS
 
 if TYPE_CHECKING:
     from tenantry.tenancy.hooks import VersionHistory
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 #: What SQLAlchemy renders for the placeholder schema when it is translated.
 SCHEMA_TOKEN = f"__[SCHEMA_{TENANT_SCHEMA}]."
 
-_DRIVERS = {"postgresql": "postgresql+psycopg", "sqlite": "sqlite+pysqlite"}
 _cache: dict[tuple[Any, ...], TenantDDL] = {}
 _lock = threading.Lock()
 
@@ -84,7 +84,7 @@ def tenant_ddl(metadata: MetaData, dialect_name: str, history: VersionHistory | 
             return found
     recorded: list[Any] = []
     mock = create_mock_engine(
-        URL.create(_DRIVERS[dialect_name]), lambda sql, *a, **kw: recorded.append(sql)
+        URL.create(SYNC_DRIVERS[dialect_name]), lambda sql, *a, **kw: recorded.append(sql)
     )
     metadata.create_all(mock, checkfirst=False)
     if history is not None:

@@ -39,6 +39,7 @@ from tenantry.tenancy.hooks import NO_HOOKS, TenantHooks
 from tenantry.tenancy.ids import validate_identifier, validate_tenant_id
 from tenantry.tenancy.logs import get_logger
 from tenantry.tenancy.models import TENANT_SCHEMA, TENANTRY_SCHEMA
+from tenantry.tenancy.urls import ASYNC_DRIVERS, SUPPORTED_DIALECTS, SYNC_DRIVERS, driver_note
 
 log = get_logger(__name__)
 
@@ -48,10 +49,6 @@ TENANT_APP: EngineRole[Engine] = EngineRole("tenant app")
 TENANT_ADMIN: EngineRole[Engine] = EngineRole("tenant admin")
 #: Async tenant sessions on a tenant's own database.
 TENANT_ASYNC_APP: EngineRole[AsyncEngine] = EngineRole("tenant async app", is_async=True)
-
-_SYNC_DRIVERS = {"postgresql": "postgresql+psycopg", "sqlite": "sqlite+pysqlite"}
-_ASYNC_DRIVERS = {"postgresql": "postgresql+psycopg", "sqlite": "sqlite+aiosqlite"}
-SUPPORTED_DIALECTS = frozenset(_SYNC_DRIVERS)
 
 
 def _sqlite_connect_hooks(engine: Engine) -> None:
@@ -93,9 +90,18 @@ class Store:
                 f"store {self.name!r}: unsupported database {self.dialect!r} "
                 f"(supported: {', '.join(sorted(SUPPORTED_DIALECTS))})"
             )
+        self._note_drivers()
         #: Every engine this store made, by role.
         self.engines = StoreEngines(config.max_tenant_engines)
         self.prepared_shared_tables = False
+
+    def _note_drivers(self) -> None:
+        """Say once, when a URL names a driver that tenantry replaces by its own (psycopg 3)."""
+        urls = [self.config.parsed_url(expand=False)]
+        if self.config.admin_url is not None:
+            urls.append(self.config.parsed_url(admin=True, expand=False))
+        for note in sorted({n for n in map(driver_note, urls) if n is not None}):
+            log.warning("store %r: %s", self.name, note)
 
     # -- helpers ------------------------------------------------------------
     @property
@@ -126,7 +132,7 @@ class Store:
     ) -> URL:
         """The URL of an engine on this store (*database*: a tenant's own), secrets expanded."""
         url = self.config.parsed_url(admin=admin)
-        drivers = _ASYNC_DRIVERS if is_async else _SYNC_DRIVERS
+        drivers = ASYNC_DRIVERS if is_async else SYNC_DRIVERS
         url = url.set(drivername=drivers[self.dialect])
         if database is not None:
             url = url.set(database=database)
