@@ -28,6 +28,7 @@ import alembic.op
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
 from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Executable, Table, insert
 from sqlalchemy.schema import CreateTable
@@ -152,6 +153,89 @@ class History:
         finally:
             _operations.reset(token)
         return before, self.current(conn, schema)
+
+    def downgrade(
+        self, conn: Connection, schema: str | None, destination: str | None
+    ) -> tuple[str | None, str | None]:
+        """Run the revisions above *destination* down, inside *conn*'s current transaction.
+
+        *destination* is absolute (None: base, no tables of the history),
+        never relative: a run that is repeated after a failure leaves the
+        targets already there alone instead of taking them one step further.
+        A target at or below *destination* is not touched. Returns (before, after).
+        """
+        script = self.script
+        down_to = destination or "base"
+
+        def steps(heads: Sequence[str], _ctx: MigrationContext) -> Iterable[Any]:
+            return script._downgrade_revs(down_to, heads)  # type: ignore[arg-type]
+
+        ctx = self._context(conn, schema, fn=steps, transactional_ddl=True)
+        before_heads = ctx.get_current_heads()
+        before = before_heads[0] if before_heads else None
+        if not self.above(before, destination):
+            return before, before
+        token = _operations.set(Operations(ctx))
+        try:
+            ctx.run_migrations()
+        finally:
+            _operations.reset(token)
+        return before, self.current(conn, schema)
+
+    def ancestors(self, revision: str) -> set[str]:
+        """The revisions *revision* is built on (not itself)."""
+        found: set[str] = set()
+        todo = [revision]
+        while todo:
+            script = self.script.get_revision(todo.pop())
+            if script is None:
+                continue
+            for down in script._all_down_revisions:
+                if down not in found:
+                    found.add(down)
+                    todo.append(down)
+        return found
+
+    def above(self, revision: str | None, destination: str | None) -> bool:
+        """Whether a target at *revision* must go down to reach *destination*."""
+        if revision is None or revision == destination:
+            return False
+        return destination is None or destination in self.ancestors(revision)
+
+    def resolve_destination(self, spec: str) -> str | None:
+        """The absolute revision a downgrade goes to: an id, ``base``, or ``-N`` below head.
+
+        ``-N`` counts from head, once, for every target: targets already at
+        or below it stay where they are.
+        """
+        if spec == "base":
+            return None
+        if spec.startswith("-") and spec[1:].isdigit():
+            steps = int(spec[1:])
+            revision = self.head
+            for _ in range(steps):
+                if revision is None:
+                    raise MigrationError(
+                        f"{self.kind} migrations: {spec} goes below base "
+                        "(the history is shorter than that)"
+                    )
+                script = self.script.get_revision(revision)
+                assert script is not None
+                downs = script._all_down_revisions
+                if len(downs) > 1:
+                    raise MigrationError(
+                        f"{self.kind} migrations: {spec} crosses the merge {revision}; "
+                        "name the revision to go down to"
+                    )
+                revision = downs[0] if downs else None
+            return revision
+        try:
+            script = self.script.get_revision(spec)
+        except (CommandError, RevisionError) as exc:
+            raise MigrationError(f"{self.kind} migrations: no revision {spec!r}") from exc
+        if script is None:
+            raise MigrationError(f"{self.kind} migrations: no revision {spec!r}")
+        return script.revision
 
     def stamp(self, conn: Connection, schema: str | None, revision: str | None = None) -> None:
         """Record *revision* (default: head) without running any script."""

@@ -7,6 +7,10 @@ kill) is resumed by running again: the versions are read first, cheaply
 (one query per few hundred schemas), and only targets that are behind, or
 whose tenants a crashed run left ``migrating``, are touched.
 
+``tenantry migrate downgrade`` runs the same way in the other direction, to
+one absolute revision for every target (``-N`` is resolved from head once),
+so a re-run after a failure finishes it instead of going further down.
+
 While its target is migrated a tenant is ``migrating``: sessions refuse with
 the retryable :class:`~tenantry.errors.TenantMigratingError` and the queue
 pauses its jobs (control rows). ``online=True`` skips that for migrations
@@ -17,105 +21,40 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from enum import StrEnum
+from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine, text
 
 from tenantry.errors import MigrationError, TenantStateError
 from tenantry.lifecycle.migrations.history import History
+from tenantry.lifecycle.migrations.targets import (
+    Outcome,
+    Report,
+    Result,
+    Target,
+    TargetKind,
+    TargetVersion,
+)
 from tenantry.tenancy.catalog import Tenant, TenantStatus
 from tenantry.tenancy.facade import Tenancy
 from tenantry.tenancy.hooks import VersionHistory
 from tenantry.tenancy.isolation import postgres as pg
-from tenantry.tenancy.isolation import schema_name, strategy_for
+from tenantry.tenancy.isolation import strategy_for
 from tenantry.tenancy.logs import get_logger
 from tenantry.tenancy.models import TENANT_SCHEMA, TENANTRY_SCHEMA
 
 log = get_logger(__name__)
+
+#: What one target's run returns: its revision before and after.
+_Step = tuple[str | None, str | None]
 
 #: Schemas whose versions one UNION ALL query reads.
 _VERSION_CHUNK = 250
 #: Tenants that are not (yet, or any more) complete are not migrated; nor is a
 #: tenant being moved (its new copy is made at head, from a source checked at head).
 _SKIPPED_STATUSES = (TenantStatus.PROVISIONING, TenantStatus.DELETING, TenantStatus.MOVING)
-
-
-class TargetKind(StrEnum):
-    GLOBAL = "global"
-    SHARED = "shared"
-    SCHEMA = "schema"
-    DATABASE = "database"
-
-
-class Outcome(StrEnum):
-    UPGRADED = "upgraded"
-    CURRENT = "current"  # already at head (a crashed run's status was restored)
-    FAILED = "failed"
-    NOT_RUN = "not run"  # a failure stopped the run before this target started
-
-
-@dataclass(frozen=True)
-class Target:
-    """One version table: global tables, a store's shared tables, a schema or a database."""
-
-    kind: TargetKind
-    store: str
-    tenant_id: str | None = None
-    tenants: tuple[Tenant, ...] = field(default=(), compare=False)  # served from it
-
-    @property
-    def label(self) -> str:
-        if self.kind is TargetKind.GLOBAL:
-            return "(global tables)"
-        if self.kind is TargetKind.SHARED:
-            return f"(shared tables on {self.store})"
-        return str(self.tenant_id)
-
-    @property
-    def schema(self) -> str | None:
-        """The schema holding the tables and the version table (None: the default one)."""
-        if self.kind is TargetKind.SCHEMA and self.tenant_id is not None:
-            return schema_name(self.tenant_id)
-        return None
-
-    @property
-    def interrupted(self) -> bool:
-        return any(t.status is TenantStatus.MIGRATING for t in self.tenants)
-
-
-@dataclass(frozen=True)
-class TargetVersion:
-    target: Target
-    revision: str | None
-    head: str | None
-
-    @property
-    def behind(self) -> bool:
-        return self.revision != self.head or self.target.interrupted
-
-
-@dataclass(frozen=True)
-class Result:
-    target: Target
-    outcome: Outcome
-    before: str | None = None
-    after: str | None = None
-    error: str | None = None
-    seconds: float = 0.0
-
-
-@dataclass
-class Report:
-    results: list[Result] = field(default_factory=list)
-    #: Targets found at head, not touched.
-    untouched: int = 0
-
-    @property
-    def failed(self) -> list[Result]:
-        return [r for r in self.results if r.outcome is Outcome.FAILED]
 
 
 def _alembic(history: VersionHistory | None) -> History | None:
@@ -294,6 +233,94 @@ class Migrator:
             self.targets(tenant_ids=tenant_ids, stores=stores), parallel=parallel
         )
         todo = [v for v in versions if v.behind]
+
+        def upgrade(history: History, conn: Connection, target: Target) -> _Step:
+            return history.upgrade(conn, target.schema)
+
+        return self._execute(
+            versions,
+            todo,
+            upgrade,
+            Outcome.UPGRADED,
+            parallel=parallel,
+            skip_failing=skip_failing,
+            online=online,
+            on_plan=on_plan,
+            on_result=on_result,
+        )
+
+    def destination(self, spec: str, *, global_: bool = False) -> str | None:
+        """The absolute revision ``downgrade SPEC`` goes to (None: base)."""
+        history = self.global_history if global_ else self.tenant_history
+        if history is None:
+            which = "global_migrations" if global_ else "tenant_migrations"
+            raise MigrationError(f"nothing to downgrade: [tenantry] {which} is not set")
+        return history.resolve_destination(spec)
+
+    def downgrade(
+        self,
+        spec: str,
+        *,
+        global_: bool = False,
+        tenant_ids: Sequence[str] = (),
+        stores: Sequence[str] = (),
+        parallel: int = 1,
+        skip_failing: bool = False,
+        online: bool = False,
+        on_plan: Callable[[int], None] | None = None,
+        on_result: Callable[[Result], None] | None = None,
+    ) -> Report:
+        """Take the tenant targets (or, with *global_*, the global tables) down to *spec*.
+
+        *spec* is a revision id, ``base``, or ``-N``: N steps below head,
+        resolved once for every target, so a run repeated after a failure or
+        a crash finishes the job instead of going further down. Targets at or
+        below the destination are left alone. Each target goes down in one
+        transaction, as an upgrade does, with the same pausing and failure rules.
+        """
+        if parallel < 1:
+            raise MigrationError("parallel must be at least 1")
+        destination = self.destination(spec, global_=global_)
+        if global_ and tenant_ids:
+            raise MigrationError("--global takes the global tables down; it has no --tenant")
+        planned = self.targets(tenant_ids=tenant_ids, stores=stores)
+        chosen = [t for t in planned if (t.kind is TargetKind.GLOBAL) == global_]
+        versions = self.versions(chosen, parallel=parallel)
+        todo = [
+            v
+            for v in versions
+            if self._history(v.target).above(v.revision, destination) or v.target.interrupted
+        ]
+
+        def down(history: History, conn: Connection, target: Target) -> _Step:
+            return history.downgrade(conn, target.schema, destination)
+
+        return self._execute(
+            versions,
+            todo,
+            down,
+            Outcome.DOWNGRADED,
+            parallel=parallel,
+            skip_failing=skip_failing,
+            online=online,
+            on_plan=on_plan,
+            on_result=on_result,
+        )
+
+    def _execute(
+        self,
+        versions: list[TargetVersion],
+        todo: list[TargetVersion],
+        step: Callable[[History, Connection, Target], _Step],
+        changed: Outcome,
+        *,
+        parallel: int,
+        skip_failing: bool,
+        online: bool,
+        on_plan: Callable[[int], None] | None,
+        on_result: Callable[[Result], None] | None,
+    ) -> Report:
+        """Run *step* on each target of *todo*: the global tables first, then the rest."""
         report = Report(untouched=len(versions) - len(todo))
         if on_plan is not None:
             on_plan(len(todo))
@@ -314,7 +341,15 @@ class Migrator:
             if stop.is_set():
                 return record(Result(version.target, Outcome.NOT_RUN, before=version.revision))
             return record(
-                self._migrate(version, online=online, engines=engines, lock=lock, size=parallel)
+                self._migrate(
+                    version,
+                    step,
+                    changed,
+                    online=online,
+                    engines=engines,
+                    lock=lock,
+                    size=parallel,
+                )
             )
 
         try:
@@ -358,6 +393,8 @@ class Migrator:
     def _migrate(
         self,
         version: TargetVersion,
+        step: Callable[[History, Connection, Target], _Step],
+        changed: Outcome,
         *,
         online: bool,
         engines: dict[str, Engine],
@@ -371,9 +408,10 @@ class Migrator:
         try:
             with engine.begin() as conn:
                 _point_search_path(conn, target)
-                before, after = self._history(target).upgrade(conn, target.schema)
+                before, after = step(self._history(target), conn, target)
         except Exception as exc:  # a migration script can raise anything: report it
-            log.warning("migrating %s failed: %s", target.label, _error_text(exc))
+            verb = "migrating" if changed is Outcome.UPGRADED else "downgrading"
+            log.warning("%s %s failed: %s", verb, target.label, _error_text(exc))
             return Result(
                 target,
                 Outcome.FAILED,
@@ -386,8 +424,8 @@ class Migrator:
             if dispose:
                 engine.dispose()
             self._unpause(paused)
-        outcome = Outcome.UPGRADED if before != after else Outcome.CURRENT
-        log.info("migrated %s: %s -> %s", target.label, before, after)
+        outcome = changed if before != after else Outcome.CURRENT
+        log.info("%s %s: %s -> %s", changed.value, target.label, before, after)
         return Result(target, outcome, before, after, seconds=time.monotonic() - started)
 
     def _pause(self, target: Target, *, online: bool) -> list[str]:
@@ -422,6 +460,21 @@ class Migrator:
                 continue
             self.tenantry.status_changed(changed)
 
+    @contextmanager
+    def reading(self, target: Target) -> Iterator[Connection]:
+        """A connection to *target*'s tables, as a migration sees them, in a transaction
+        that is rolled back: for comparing them with the models (autogenerate)."""
+        pooled: dict[str, Engine] = {}
+        engine, dispose = self._engine_for(target, pooled, threading.Lock(), 1)
+        try:
+            with engine.connect() as conn, conn.begin() as tx:
+                _point_search_path(conn, target)
+                yield conn
+                tx.rollback()
+        finally:
+            for made in [*pooled.values(), *([engine] if dispose else [])]:
+                made.dispose()
+
     # -- adoption -------------------------------------------------------------------
     def stamp_unrecorded(
         self,
@@ -434,16 +487,24 @@ class Migrator:
 
         For tables that predate the migration set-up (made by ``create_all``):
         they match the models, so they are at head, but nothing says so.
-        Targets that have a version are left alone.
+        Targets that have a version are left alone, and so are those of a
+        history with no revision yet (there is nothing to record for them).
+        When that leaves nothing to stamp of what is unrecorded, it is an error
+        rather than a run that claims to have stamped something.
         """
         versions = self.versions(self.targets(tenant_ids=tenant_ids, stores=stores))
+        unrecorded = [v.target for v in versions if v.revision is None]
+        todo = [t for t in unrecorded if revision is not None or self._history(t).head is not None]
+        if unrecorded and not todo:
+            kinds = sorted({self._history(t).kind for t in unrecorded})
+            raise MigrationError(
+                f"nothing to stamp: the {' and '.join(kinds)} history has no revision yet; "
+                "write one (tenantry migrate revision) first. Nothing was recorded"
+            )
         stamped = []
         engines: dict[str, Engine] = {}
         try:
-            for version in versions:
-                if version.revision is not None:
-                    continue
-                target = version.target
+            for target in todo:
                 engine, dispose = self._engine_for(target, engines, threading.Lock(), 1)
                 try:
                     with engine.begin() as conn:
@@ -469,3 +530,6 @@ def _point_search_path(conn: Connection, target: Target) -> None:
         return
     path = pg.quote(conn, target.schema) if target.schema else "public"
     conn.execute(text("SELECT set_config('search_path', :p, true)"), {"p": path})
+
+
+__all__ = ["Migrator", "Outcome", "Report", "Result", "Target", "TargetKind", "TargetVersion"]

@@ -2,9 +2,10 @@
 
 ``tenantry migrate`` runs the revision scripts itself (see ``history.py``), so
 the generated ``env.py`` is only for the ``alembic`` command: ``alembic
-revision`` needs none, ``alembic upgrade --sql`` renders a script for review,
-and an online ``alembic upgrade`` is refused, because it would migrate one
-database's default schema and no tenant.
+revision`` needs none, ``alembic revision --autogenerate`` compares the models
+with a reference (:mod:`.autogen`), ``alembic upgrade --sql`` renders a script
+for review, and an online ``alembic upgrade`` is refused, because it would
+migrate one database's default schema and no tenant.
 """
 
 from __future__ import annotations
@@ -16,11 +17,15 @@ from tenantry.lifecycle.migrations.history import GLOBAL_VERSION_TABLE, TENANT_V
 
 _INI = """\
 # Alembic settings for the {kind} history of a tenantry application.
-# New revision:  alembic -c {ini} revision -m "add products.sku"
+# New revision:  tenantry migrate revision{flag} --autogenerate -m "add products.sku"
+#           or:  alembic -c {ini} revision --autogenerate -m "add products.sku"
 # Apply:         tenantry migrate        (not `alembic upgrade`)
 [alembic]
 script_location = %(here)s
 file_template = %%(year)d%%(month).2d%%(day).2d_%%(rev)s_%%(slug)s
+# The working directory, so that tenantry.toml's "module:attr" models import.
+prepend_sys_path = .
+path_separator = os
 """
 
 _ENV = '''\
@@ -32,19 +37,27 @@ each with its own version table ({table}).
 
 from alembic import context
 
-if not context.is_offline_mode():
+if getattr(context.config.cmd_opts, "autogenerate", False):
+    # `alembic revision --autogenerate`: the models named in tenantry.toml compared
+    # with a reference (-x reference=ID picks the tenant; docs/operations.md).
+    from tenantry import Tenantry
+    from tenantry.lifecycle.migrations.autogen import run_in_env
+
+    with Tenantry() as tenantry:
+        run_in_env(context, tenantry, "{kind}")
+elif not context.is_offline_mode():
     raise SystemExit(
         "apply these migrations with `tenantry migrate`: it migrates {where}"
     )
-
-# `alembic upgrade head --sql`: the SQL for review, as PostgreSQL.
-context.configure(
-    dialect_name="postgresql",
-    version_table="{table}",
-    transactional_ddl=True,
-)
-with context.begin_transaction():
-    context.run_migrations()
+else:
+    # `alembic upgrade head --sql`: the SQL for review, as PostgreSQL.
+    context.configure(
+        dialect_name="postgresql",
+        version_table="{table}",
+        transactional_ddl=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
 '''
 
 _TENANT_NOTE = """\
@@ -105,7 +118,11 @@ def scaffold(directory: str | Path) -> list[Path]:
         target = root / kind
         (target / "versions").mkdir(parents=True, exist_ok=True)
         files = {
-            "alembic.ini": _INI.format(kind=kind, ini=target / "alembic.ini"),
+            "alembic.ini": _INI.format(
+                kind=kind,
+                ini=target / "alembic.ini",
+                flag=" --global" if kind == "global" else "",
+            ),
             "env.py": _ENV.format(kind=kind, where=where, table=table),
             "script.py.mako": _SCRIPT.format(note=note),
         }
