@@ -229,7 +229,7 @@ def test_delete_asks_for_confirmation_when_interactive(
     ok(invoke("tenants", "create", "acme"))
     declined = invoke("tenants", "delete", "acme", input="n\n")
     assert declined.exit_code == 1
-    assert "Delete tenant 'acme'" in declined.stdout
+    assert "Delete tenant 'acme'" in declined.stderr  # stdout stays for results
     assert "error: tenant 'acme' (shared on store 'default') was not deleted" in declined.stderr
     assert [t["id"] for t in tenants_json(invoke)] == ["acme"]
 

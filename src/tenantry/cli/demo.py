@@ -64,7 +64,9 @@ def demo(
     (exits 1 if any tenant sees another's). Then the product-catalogue app and
     the tenantry service (dashboard, admin API, embedded worker) start, some
     traffic flows through the app, and their URLs are printed. Serves until
-    Ctrl-C, or with --once until the demo's jobs are done.
+    Ctrl-C, or with --once until the demo's jobs are done. Ctrl-C stops the
+    worker first (running jobs get a few seconds to finish), then prints the
+    jobs per tenant and exits 0.
     """
     if data_dir is not None:
         state.use_config(TenantryConfig.sqlite_default(data_dir))
@@ -82,8 +84,8 @@ def demo(
         from tenantry.demo.runner import run_catalogue_demo
     except ImportError as exc:
         raise CliError(
-            f"the demo's app and service need the 'serve' extra ({exc.name} is missing): "
-            "pip install 'tenantry[serve]'"
+            f"the demo's app and service need the 'demo' extra ({exc.name} is missing): "
+            "pip install 'tenantry[demo]'"
         ) from exc
     demo_tenants = [tenantry.get_tenant(row["tenant"]) for row in rows]
     logger = logging.getLogger("tenantry")

@@ -1,4 +1,4 @@
-"""``tenantry tenants``: create, list, show, suspend, resume and delete tenants.
+"""``tenantry tenants``: create, list, show, update, suspend, resume and delete tenants.
 
 The group's lifecycle commands (export, import, backup, move) live in
 :mod:`tenantry.cli.lifecycle` and are added to it by :mod:`tenantry.cli.main`.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
@@ -17,6 +17,7 @@ from rich.text import Text
 
 from tenantry.cli.output import CliError, echo_json, make_console
 from tenantry.cli.state import CliState
+from tenantry.queue.control import SETTINGS_KEY
 from tenantry.tenancy.catalog import IsolationMode, Tenant, TenantStatus
 from tenantry.tenancy.ids import validate_tenant_id
 
@@ -45,10 +46,15 @@ def _parse_settings(
         if not sep or not key:
             raise click.BadParameter(f"expected KEY=VALUE, got {item!r}")
         try:
-            settings[key] = json.loads(raw)
+            settings[key] = json.loads(raw, parse_constant=_no_constant)
         except ValueError:
             settings[key] = raw
     return settings
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON: the catalog (PostgreSQL jsonb) would refuse them.
+    raise ValueError(name)
 
 
 def _stdin_is_interactive() -> bool:
@@ -151,7 +157,10 @@ def list_tenants(state: CliState, status: str | None, store: str | None, as_json
 @click.pass_obj
 def show_tenant(state: CliState, tenant_id: str, as_json: bool) -> None:
     """Show one tenant's catalog entry."""
-    tenant = state.tenantry().get_tenant(tenant_id)
+    _print_tenant(state.tenantry().get_tenant(tenant_id), as_json)
+
+
+def _print_tenant(tenant: Tenant, as_json: bool) -> None:
     if as_json:
         echo_json(tenant.to_dict())
         return
@@ -167,6 +176,147 @@ def show_tenant(state: CliState, tenant_id: str, as_json: bool) -> None:
     table.add_row("created", Text(tenant.created_at.isoformat()))
     table.add_row("updated", Text(tenant.updated_at.isoformat()))
     make_console().print(table)
+
+
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[Any, Any]
+else:  # click < 8.5 cannot subscript ParamType at run time
+    _ParamType = click.ParamType
+
+
+class _Limit(_ParamType):
+    """A number, or ``none`` to remove the limit (the tenant then has none, or the default)."""
+
+    def __init__(self, number: type[int] | type[float]) -> None:
+        self.number = number
+        self.name = "integer" if number is int else "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text == "none":
+            return _UNSET
+        try:
+            return self.number(text)
+        except ValueError:
+            self.fail(
+                f"{value!r} is not {'an integer' if self.number is int else 'a number'} "
+                "(or 'none' to remove the limit)",
+                param,
+                ctx,
+            )
+
+
+#: ``--max-running none``: remove the limit from the tenant's queue settings.
+_UNSET = object()
+
+#: Queue settings the ``update`` options set, as named in ``settings["queue"]``.
+_LIMITS = ("weight", "max_running", "rate", "burst")
+
+
+def _updated_settings(
+    current: dict[str, Any],
+    settings: dict[str, Any],
+    unset: Sequence[str],
+    limits: dict[str, Any],
+) -> dict[str, Any]:
+    """*current* with the ``--setting``, ``--unset-setting`` and limit options applied."""
+    updated = dict(current)
+    for key in unset:
+        if key not in updated:
+            raise CliError(f"the tenant has no setting {key!r} to unset")
+        del updated[key]
+    updated.update(settings)
+    given = {k: v for k, v in limits.items() if v is not None}
+    if given:
+        queue = updated.get(SETTINGS_KEY) or {}
+        if not isinstance(queue, dict):
+            raise CliError(f"setting {SETTINGS_KEY!r} is not a mapping; fix it with --setting")
+        queue = dict(queue)
+        for key, value in given.items():
+            if value is _UNSET:
+                queue.pop(key, None)
+            else:
+                queue[key] = value
+        if queue:
+            updated[SETTINGS_KEY] = queue
+        else:
+            updated.pop(SETTINGS_KEY, None)
+    return updated
+
+
+@tenants.command("update")
+@click.argument("tenant_id", metavar="ID")
+@click.option("--name", help="New display name.")
+@click.option(
+    "--setting",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=_parse_settings,
+    help="Set a top-level setting (repeatable); JSON values (3, true, {...}) keep their type.",
+)
+@click.option(
+    "--unset-setting",
+    "unset",
+    multiple=True,
+    metavar="KEY",
+    help="Remove a top-level setting (repeatable).",
+)
+@click.option(
+    "--weight",
+    type=_Limit(int),
+    help="Queue: share of worker capacity when tenants compete (1-1000; 'none': default 1).",
+)
+@click.option(
+    "--max-running",
+    type=_Limit(int),
+    help="Queue: at most this many of its jobs at once, across all workers ('none': no limit).",
+)
+@click.option(
+    "--rate", type=_Limit(float), help="Queue: job starts per second on average ('none': no limit)."
+)
+@click.option(
+    "--burst",
+    type=_Limit(float),
+    help="Queue: job starts at once under --rate (default: one second's worth; 'none').",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the tenant as JSON.")
+@click.pass_obj
+def update_tenant(
+    state: CliState,
+    tenant_id: str,
+    name: str | None,
+    settings: dict[str, Any],
+    unset: tuple[str, ...],
+    weight: Any,
+    max_running: Any,
+    rate: Any,
+    burst: Any,
+    as_json: bool,
+) -> None:
+    """Change a tenant's name, settings or queue limits; prints the updated tenant.
+
+    Settings not named are kept (unlike the HTTP API's PATCH, which replaces
+    them all). Queue limits land in the 'queue' setting, are checked before
+    anything is written, and hold from the workers' next claim.
+    """
+    validate_tenant_id(tenant_id)
+    limits = dict(zip(_LIMITS, (weight, max_running, rate, burst), strict=True))
+    if name is None and not settings and not unset and all(v is None for v in limits.values()):
+        raise click.UsageError(
+            "nothing to update: give --name, --setting, --unset-setting or a queue limit"
+        )
+    if name is not None and not name.strip():
+        raise CliError("a tenant's name must not be empty")
+    tenantry = state.tenantry()
+    tenant = tenantry.get_tenant(tenant_id)
+    changed: dict[str, Any] | None = None
+    if settings or unset or any(v is not None for v in limits.values()):
+        changed = _updated_settings(dict(tenant.settings), settings, unset, limits)
+    updated = tenantry.update_tenant(tenant.id, name=name, settings=changed)
+    _print_tenant(updated, as_json)
 
 
 @tenants.command("suspend")
@@ -204,7 +354,7 @@ def delete_tenant(state: CliState, tenant_id: str, yes: bool) -> None:
                 f"refusing to delete {what} without confirmation: "
                 "not running interactively; pass --yes to delete it"
             )
-        if not click.confirm(f"Delete {what} and all of its data?", default=False):
+        if not click.confirm(f"Delete {what} and all of its data?", default=False, err=True):
             raise CliError(f"{what} was not deleted")
     state.target_store = tenant.store
     tenantry.delete_tenant(tenant.id)

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tenantry.errors import BackupError, TenantStateError
-from tenantry.lifecycle.export import export_tenant
+from tenantry.lifecycle.export import Progress, export_tenant
 from tenantry.tenancy.catalog import TenantStatus
 from tenantry.tenancy.facade import Tenancy
 from tenantry.tenancy.ids import validate_tenant_id
@@ -43,22 +43,39 @@ class Backup:
     method: str
 
 
-def backup_tenant(tenantry: Tenancy, tenant_id: str, directory: str | Path) -> Backup:
-    """Write one backup file of *tenant_id* into *directory* and return what was made."""
+def backup_tenant(
+    tenantry: Tenancy,
+    tenant_id: str,
+    directory: str | Path,
+    *,
+    progress: Progress | None = None,
+) -> Backup:
+    """Write one backup file of *tenant_id* into *directory* and return what was made.
+
+    *directory* is created if it does not exist, but its parent must: a typo
+    in a path (``/bakups/acme``) is refused rather than silently becoming a
+    new tree nobody looks at. With *progress*, a shared tenant's export
+    reports each table (``export <table>``); the database tools, which say
+    nothing while they run, are reported as ``backup`` started, then done.
+    """
+    folder = backup_directory(directory)
     tenant = tenantry.get_tenant(validate_tenant_id(tenant_id))
     if tenant.status not in _BACKED_UP:
         raise TenantStateError(f"tenant {tenant.id!r} is {tenant.status.value}; cannot back it up")
     store = tenantry.store(tenant.store)
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(exist_ok=True)
     stem = f"{tenant.id}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
     strategy = strategy_for(tenant.isolation)
     schema = strategy.data_schema(tenant.id)
     if strategy.shares_tables:
         path = folder / f"{stem}.tenant"
-        export_tenant(tenantry, tenant.id, path)
+        export_tenant(tenantry, tenant.id, path, progress=progress)
         made = Backup(tenant.id, path, "export")
-    elif schema is not None:
+        log.info("backed up tenant %s with %s to %s", tenant.id, made.method, made.path)
+        return made
+    if progress is not None:
+        progress("backup", 0, None)
+    if schema is not None:
         path = folder / f"{stem}.dump"
         _pg_dump(store, None, ["--schema", schema], path)
         made = Backup(tenant.id, path, "pg_dump --schema")
@@ -70,8 +87,23 @@ def backup_tenant(tenantry: Tenancy, tenant_id: str, directory: str | Path) -> B
         path = folder / f"{stem}.db"
         _sqlite_backup(store.tenant_database_name(tenant.id), path)
         made = Backup(tenant.id, path, "sqlite backup")
+    if progress is not None:
+        progress("backup", 1, 1)
     log.info("backed up tenant %s with %s to %s", tenant.id, made.method, made.path)
     return made
+
+
+def backup_directory(directory: str | Path) -> Path:
+    """*directory* if it exists or only its last part is missing; :class:`BackupError` otherwise."""
+    folder = Path(directory)
+    if folder.exists() and not folder.is_dir():
+        raise BackupError(f"{folder} is not a directory")
+    if not folder.exists() and not folder.absolute().parent.is_dir():
+        raise BackupError(
+            f"{folder.absolute().parent} does not exist; create it first "
+            "(only the last part of the backup directory is created)"
+        )
+    return folder
 
 
 def _pg_dump(store: Store, database: str | None, options: list[str], path: Path) -> None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import uuid
 import zipfile
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Table, select
+from sqlalchemy import Connection, Table, func, select
 
 from tenantry.errors import TenantStateError
 from tenantry.lifecycle.archive.format import (
@@ -36,6 +38,40 @@ from tenantry.tenancy.logs import get_logger
 
 log = get_logger(__name__)
 
+#: ``progress(phase, done, total)``: how a long operation (export, import, backup,
+#: move) says how far it got, so that a front end can show it. *phase* names what
+#: is being done (``"export notes"``, ``"load notes"``, ``"move"``), *done* counts
+#: its units (rows, or a move's steps) and *total* is how many there will be, or
+#: ``None`` when that is not known. It is called from the working thread, at each
+#: table and every :data:`~tenantry.lifecycle.rowcopy.BATCH` rows, never per row.
+Progress = Callable[[str, int, int | None], None]
+
+_T = TypeVar("_T")
+
+
+def reported_rows(
+    rows: Iterable[_T], progress: Progress, phase: str, total: int | None
+) -> Iterator[_T]:
+    """*rows* unchanged, reporting every :data:`BATCH` of them and the end to *progress*.
+
+    A batch is reported when the consumer asks for the row after it, that is
+    once it has dealt with the batch (a loader has inserted it), not when the
+    batch was merely read; the end, when the consumer finds no more rows.
+    """
+    done = 0
+    last: tuple[int, int | None] = (0, total)
+    progress(phase, *last)
+    for row in rows:
+        yield row
+        done += 1
+        if done % BATCH == 0:
+            last = (done, total)
+            progress(phase, *last)
+    final = (done, done if total is None else max(total, done))
+    if final != last:
+        progress(phase, *final)
+
+
 _EXPORTABLE = (
     TenantStatus.ACTIVE,
     TenantStatus.SUSPENDED,
@@ -44,8 +80,15 @@ _EXPORTABLE = (
 )
 
 
-def export_tenant(tenantry: Tenancy, tenant_id: str, path: str | Path) -> Manifest:
-    """Write *tenant_id*'s rows and unfinished jobs to *path* (replaced atomically)."""
+def export_tenant(
+    tenantry: Tenancy, tenant_id: str, path: str | Path, *, progress: Progress | None = None
+) -> Manifest:
+    """Write *tenant_id*'s rows and unfinished jobs to *path* (replaced atomically).
+
+    With *progress*, each table is reported as ``export <table>`` (its rows
+    counted first, in the same snapshot, so the total is exact) and the jobs
+    as ``export jobs``; without it nothing is counted.
+    """
     tenant = tenantry.get_tenant(validate_tenant_id(tenant_id))
     if tenant.status not in _EXPORTABLE:
         raise TenantStateError(f"tenant {tenant.id!r} is {tenant.status.value}; cannot export it")
@@ -67,10 +110,10 @@ def export_tenant(tenantry: Tenancy, tenant_id: str, path: str | Path) -> Manife
                     schema = strategy_for(tenant.isolation).data_schema(tenant.id)
                     revision = history.current(conn, schema)
                 entries = [
-                    _export_table(zf, conn, table, tenant, i)
+                    _export_table(zf, conn, table, tenant, i, progress)
                     for i, table in enumerate(tenantry.tenant_metadata.sorted_tables)
                 ]
-                jobs = _export_jobs(zf, conn, tenant)
+                jobs = _export_jobs(zf, conn, tenant, progress)
             manifest = Manifest(
                 tenant={k: v for k, v in tenant.to_dict().items() if k != "status"},
                 revision=revision,
@@ -97,26 +140,42 @@ def export_tenant(tenantry: Tenancy, tenant_id: str, path: str | Path) -> Manife
 
 
 def _export_table(
-    zf: zipfile.ZipFile, conn: Connection, table: Table, tenant: Tenant, index: int
+    zf: zipfile.ZipFile,
+    conn: Connection,
+    table: Table,
+    tenant: Tenant,
+    index: int,
+    progress: Progress | None,
 ) -> TableEntry:
     columns = [c.name for c in table.columns]
     pk = list(table.primary_key.columns) or list(table.columns)
-    query = select(table).where(tenant_filter(table, tenant)).order_by(*pk)
-    result = conn.execution_options(yield_per=BATCH).execute(query)
+    where = tenant_filter(table, tenant)
+    query = select(table).where(where).order_by(*pk)
+    total = _count(conn, table, where) if progress is not None else None
+    rows: Iterator[Any] = iter(conn.execution_options(yield_per=BATCH).execute(query))
+    if progress is not None:
+        rows = reported_rows(rows, progress, f"export {table.name}", total)
     name = f"data/{index:03d}_{table.name}.jsonl"
-    count, digest = write_rows(zf, name, iter(result))
+    count, digest = write_rows(zf, name, rows)
     return TableEntry(table.name, name, columns, count, digest)
 
 
-def _export_jobs(zf: zipfile.ZipFile, conn: Connection, tenant: Tenant) -> TableEntry:
-    query = (
-        select(*(jobs_table.c[c] for c in JOB_COLUMNS))
-        .where(
-            jobs_table.c.tenant_id == tenant.id,
-            jobs_table.c.state.in_([s.value for s in PENDING_STATES]),
-        )
-        .order_by(jobs_table.c.id)
+def _export_jobs(
+    zf: zipfile.ZipFile, conn: Connection, tenant: Tenant, progress: Progress | None
+) -> TableEntry:
+    where = (
+        jobs_table.c.tenant_id == tenant.id,
+        jobs_table.c.state.in_([s.value for s in PENDING_STATES]),
     )
-    result = conn.execution_options(yield_per=BATCH).execute(query)
-    count, digest = write_rows(zf, JOBS_FILE, iter(result))
+    query = select(*(jobs_table.c[c] for c in JOB_COLUMNS)).where(*where).order_by(jobs_table.c.id)
+    total = _count(conn, jobs_table, *where) if progress is not None else None
+    rows: Iterator[Any] = iter(conn.execution_options(yield_per=BATCH).execute(query))
+    if progress is not None:
+        rows = reported_rows(rows, progress, "export jobs", total)
+    count, digest = write_rows(zf, JOBS_FILE, rows)
     return TableEntry("tenantry_jobs", JOBS_FILE, list(JOB_COLUMNS), count, digest)
+
+
+def _count(conn: Connection, table: Table, *where: Any) -> int:
+    """Rows the export is about to read (same transaction, so the same snapshot)."""
+    return int(conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one())

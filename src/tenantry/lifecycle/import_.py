@@ -5,11 +5,14 @@ Named with a trailing underscore because ``import`` is a keyword.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tenantry.errors import TenantExistsError
-from tenantry.lifecycle.archive.format import ExportFile, check_compatible
+from tenantry.lifecycle.archive.format import ExportFile, TableEntry, check_compatible
+from tenantry.lifecycle.export import Progress, reported_rows
 from tenantry.lifecycle.rowcopy import load_rows
 from tenantry.tenancy.catalog import IsolationMode, Tenant
 from tenantry.tenancy.facade import Tenancy
@@ -18,6 +21,27 @@ from tenantry.tenancy.isolation import strategy_for
 from tenantry.tenancy.logs import get_logger
 
 log = get_logger(__name__)
+
+
+class ProgressExportFile(ExportFile):
+    """An export file whose rows report ``load <table>`` (``load jobs``) as they are consumed.
+
+    The loader (:func:`~tenantry.lifecycle.rowcopy.load_rows`) reads the rows
+    of each table as it inserts them, so counting what it has consumed is
+    counting what it has loaded, without the loader knowing about progress.
+    The manifest's row counts are the totals.
+    """
+
+    def __init__(self, path: str | Path, progress: Progress | None) -> None:
+        super().__init__(path)
+        self.progress = progress
+
+    def rows(self, entry: TableEntry) -> Iterator[dict[str, Any]]:
+        rows = super().rows(entry)
+        if self.progress is None:
+            return rows
+        label = "jobs" if entry is self.manifest.jobs else entry.name
+        return reported_rows(rows, self.progress, f"load {label}", entry.rows)
 
 
 @dataclass(frozen=True)
@@ -34,13 +58,18 @@ def import_tenant(
     as_id: str | None = None,
     store: str | None = None,
     isolation: IsolationMode | str | None = None,
+    progress: Progress | None = None,
 ) -> ImportResult:
     """Create a tenant from an export file; verified completely before anything changes.
 
     The new tenant stays ``provisioning`` (not served) while its rows are
     loaded in one transaction; if loading fails, the tenant is deleted again.
+    Its jobs get new ids from the target (the file does not carry ids; a move
+    keeps them).
+    With *progress*, the check of the whole file is reported as ``verify file``
+    (started, then done) and the load per table as ``load <table>``.
     """
-    with ExportFile(path) as export:
+    with ProgressExportFile(path, progress) as export:
         manifest = export.manifest
         new_id = validate_tenant_id(as_id if as_id is not None else manifest.tenant_id)
         mode = IsolationMode(isolation or manifest.tenant.get("isolation", "shared"))
@@ -50,7 +79,11 @@ def import_tenant(
         tables = check_compatible(
             export, tenantry.tenant_metadata, history.head if history else None
         )
+        if progress is not None:
+            progress("verify file", 0, None)
         export.verify()
+        if progress is not None:
+            progress("verify file", 1, 1)
         if tenantry.catalog.find(new_id) is not None:
             raise TenantExistsError(
                 f"tenant {new_id!r} already exists; nothing was imported (choose another id "

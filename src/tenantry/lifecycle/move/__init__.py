@@ -50,6 +50,7 @@ running the move again finishes the clean-up.
 
 from __future__ import annotations
 
+from tenantry.lifecycle.export import Progress
 from tenantry.lifecycle.move.delta import TableDelta
 from tenantry.lifecycle.move.keys import move_keys_table
 from tenantry.lifecycle.move.state import Move, MoveStep, read_move
@@ -60,6 +61,7 @@ __all__ = [
     "Move",
     "MoveResult",
     "MoveStep",
+    "Progress",
     "StepHook",
     "TableDelta",
     "move_keys_table",

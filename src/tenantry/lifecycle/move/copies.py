@@ -14,8 +14,9 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, Table, func, select
 
 from tenantry.errors import MoveError
-from tenantry.lifecycle.archive.format import ExportFile, check_compatible
-from tenantry.lifecycle.export import export_tenant
+from tenantry.lifecycle.archive.format import check_compatible
+from tenantry.lifecycle.export import Progress, export_tenant
+from tenantry.lifecycle.import_ import ProgressExportFile
 from tenantry.lifecycle.move.keys import ensure_keys_table, forget_keys, save_keys
 from tenantry.lifecycle.move.state import Move
 from tenantry.lifecycle.rowcopy import KeyMaps, act_as, load_rows, tenant_engine
@@ -97,12 +98,15 @@ def provision_target(tenantry: Tenancy, move: Move) -> None:
     )
 
 
-def bulk_copy(tenantry: Tenancy, move: Move, tenant: Tenant) -> int:
+def bulk_copy(
+    tenantry: Tenancy, move: Move, tenant: Tenant, *, progress: Progress | None = None
+) -> int:
     """Copy one snapshot of the tenant's tables to a fresh target; returns rows copied.
 
     The tenant is served meanwhile: what changes after the snapshot is the
     delta, copied in the pause. Jobs are left for the pause too (they keep
-    running here until then).
+    running here until then). *progress* hears of each table as it is
+    exported and as it is loaded.
     """
     remove_target(tenantry, move, tenant)
     provision_target(tenantry, move)
@@ -116,8 +120,8 @@ def bulk_copy(tenantry: Tenancy, move: Move, tenant: Tenant) -> int:
     workdir = Path(tempfile.mkdtemp(prefix=f"tenantry-move-{tenant.id}-"))
     try:
         file = workdir / f"{tenant.id}.tenant"
-        export_tenant(tenantry, tenant.id, file)
-        with ExportFile(file) as export:
+        export_tenant(tenantry, tenant.id, file, progress=progress)
+        with ProgressExportFile(file, progress) as export:
             head = tenantry.tenant_history.head if tenantry.tenant_history else None
             tables = check_compatible(export, tenantry.tenant_metadata, head)
             rows, _ = load_rows(

@@ -29,7 +29,7 @@ from tenantry.lifecycle.move.hashing import (
     shapes,
     target_hashes,
 )
-from tenantry.lifecycle.move.jobs import copy_jobs, copy_jobs_by_server
+from tenantry.lifecycle.move.jobs import CopiedJobs, copy_jobs, copy_jobs_by_server
 from tenantry.lifecycle.move.keys import (
     backwards,
     drop_keys,
@@ -70,6 +70,8 @@ class Synced:
     jobs: int
     #: What the target must equal: the verification compares against it.
     source: SourceHashes
+    #: Old id to new id of the copied jobs whose id another tenant's job held.
+    job_ids: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -128,15 +130,15 @@ def _apply(
             for plan in plans:
                 _write(dst, plan, tenant.id, keys)
             if move.shares_jobs:
-                jobs = 0
+                copied = CopiedJobs(0)
             elif by_server:
-                jobs = copy_jobs_by_server(src, dst, tenant.id)
+                copied = copy_jobs_by_server(src, dst, tenant.id)
             else:
-                jobs = copy_jobs(src, dst, tenant.id)
+                copied = copy_jobs(src, dst, tenant.id)
     finally:
         dispose()
     delta = {p.shape.table.name: TableDelta(len(p.new), len(p.changed), len(p.gone)) for p in plans}
-    return Synced(delta, jobs, source)
+    return Synced(delta, copied.count, source, copied.renumbered)
 
 
 def _plan(

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tenantry.errors import MoveError, TenantStateError
+from tenantry.lifecycle.export import Progress
 from tenantry.lifecycle.move import state
 from tenantry.lifecycle.move.copies import (
     bulk_copy,
@@ -57,6 +58,9 @@ class MoveResult:
     bulk_rows: int = 0
     #: Per table, what the pause changed in the target (the delta).
     delta: dict[str, TableDelta] = field(default_factory=dict)
+    #: Old id to new id of the copied jobs whose id another tenant's job holds in the
+    #: target's jobs table (empty: every job kept its id).
+    job_ids: dict[int, int] = field(default_factory=dict)
 
     @property
     def delta_rows(self) -> int:
@@ -72,15 +76,21 @@ def move_tenant(
     abort: bool = False,
     drain_timeout: float = 60.0,
     after_step: StepHook | None = None,
+    progress: Progress | None = None,
 ) -> MoveResult:
-    """Move (or resume moving, or abort moving) *tenant_id* to another store or mode."""
+    """Move (or resume moving, or abort moving) *tenant_id* to another store or mode.
+
+    With *progress*, the move reports ``move`` with the steps of :data:`STEPS`
+    done so far (of ``len(STEPS)``), and its bulk copy each table as it is
+    exported (``export <table>``) and loaded into the target (``load <table>``).
+    """
     with exclusive(tenantry.catalog.engine, validate_tenant_id(tenant_id)):
         began = time.monotonic()
         tenant = tenantry.get_tenant(validate_tenant_id(tenant_id))
         move = state.read_move(tenantry, tenant.id)
         resumed = move is not None
         mode = IsolationMode(isolation) if isolation is not None else None
-        hook = after_step or (lambda _step: None)
+        hook = _reporting(after_step, progress)
         if move is None:
             if abort:
                 raise MoveError(f"tenant {tenant.id!r} is not being moved")
@@ -93,7 +103,21 @@ def move_tenant(
             )
         if abort:
             return _abort(tenantry, move, tenant, began)
-        return _run(tenantry, move, tenant, _Run(began, resumed, drain_timeout, hook))
+        return _run(tenantry, move, tenant, _Run(began, resumed, drain_timeout, hook, progress))
+
+
+def _reporting(after_step: StepHook | None, progress: Progress | None) -> StepHook:
+    """The caller's step hook, preceded by a ``move`` progress report of the step."""
+    if progress is not None:
+        progress("move", 0, len(STEPS))
+
+    def hook(step: str) -> None:
+        if progress is not None:
+            progress("move", STEPS.index(step) + 1, len(STEPS))
+        if after_step is not None:
+            after_step(step)
+
+    return hook
 
 
 @dataclass(frozen=True)
@@ -102,6 +126,7 @@ class _Run:
     resumed: bool
     drain_timeout: float
     hook: StepHook
+    progress: Progress | None = None
 
 
 def _run(tenantry: Tenancy, move: Move, tenant: Tenant, run: _Run) -> MoveResult:
@@ -111,7 +136,7 @@ def _run(tenantry: Tenancy, move: Move, tenant: Tenant, run: _Run) -> MoveResult
     paused: float | None = None
     synced = Synced({}, 0, {})
     if move.step is MoveStep.BULK:
-        bulk_rows = bulk_copy(tenantry, move, tenant)
+        bulk_rows = bulk_copy(tenantry, move, tenant, progress=run.progress)
         log.info("tenant %s: bulk copy of %d row(s) made while served", tenant.id, bulk_rows)
         run.hook("bulk-copied")
         check_same_revision(tenantry, move, tenantry.get_tenant(tenant.id), paused=False)
@@ -147,6 +172,7 @@ def _run(tenantry: Tenancy, move: Move, tenant: Tenant, run: _Run) -> MoveResult
         total_seconds=end - run.began,
         bulk_rows=bulk_rows,
         delta=synced.delta,
+        job_ids=synced.job_ids,
     )
     log.info(
         "moved tenant %s to %s on %s in %.2f s (paused %.2f s, %d row(s) changed in the pause)",
