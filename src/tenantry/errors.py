@@ -1,24 +1,33 @@
 """One error hierarchy, rooted in :class:`TenantryError`.
 
 Callers can catch ``TenantryError`` to handle everything tenantry raises, or a
-leaf class for one situation. A class's docstring is its default message, so a
+leaf class for one situation. A class's docstring is its default message (as
+plain text), so a
 bare ``raise TenantNotSetError()`` still explains what went wrong.
 """
 
 from __future__ import annotations
 
-import psycopg
 from sqlalchemy.exc import SQLAlchemyError
 
-#: A database that is away, not a bug: SQLAlchemy's and the driver's errors, and the OS's.
-DB_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, psycopg.Error, OSError)
+#: A database that is away, not a bug: SQLAlchemy's errors and the OS's. The
+#: driver's own errors reach callers wrapped by SQLAlchemy; the few paths that
+#: talk to psycopg directly translate its errors or catch them themselves, so
+#: this module (and with it every SQLite-only program) never imports psycopg,
+#: which comes with the 'postgres' extra only.
+DB_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError)
 
 
 class TenantryError(Exception):
     """A tenantry operation failed."""
 
     def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or " ".join((self.__doc__ or "").split()))
+        super().__init__(message or _default_message(type(self)))
+
+
+def _default_message(cls: type[TenantryError]) -> str:
+    """A class's docstring as one line of plain text (its reStructuredText quoting dropped)."""
+    return " ".join((cls.__doc__ or "").split()).replace("``", "'")
 
 
 class ConfigError(TenantryError):
@@ -71,6 +80,15 @@ class UnsupportedIsolation(TenantryError):
 
 class CrossTenantAccessError(TenantryError):
     """An operation tried to read or write another tenant's rows."""
+
+
+class GlobalTableJoinError(TenantryError):
+    """One statement names global and tenant tables that live in different databases.
+
+    A tenant session reaches global tables on the default store's database;
+    a tenant with a database of its own (or on another store) has its tables
+    elsewhere, and no single SQL statement reaches two databases.
+    """
 
 
 class InvalidIdentifierError(TenantryError, ValueError):

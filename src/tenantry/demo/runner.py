@@ -44,6 +44,8 @@ from tenantry.tenantry import Tenantry
 
 ROUNDS = 3
 CURSED = "cursed"
+#: Seconds the embedded worker gives running jobs when the demo stops.
+_SHUTDOWN_GRACE = 5.0
 
 
 @dataclass
@@ -224,7 +226,9 @@ async def run_catalogue_demo(
         tenantry,
         registry,
         settings=settings,
-        worker_options=WorkerOptions(concurrency=4, poll_interval=0.2, shutdown_grace=5.0),
+        worker_options=WorkerOptions(
+            concurrency=4, poll_interval=0.2, shutdown_grace=_SHUTDOWN_GRACE
+        ),
     )
     catalogue = create_catalogue_app(tenantry, queue)
     try:
@@ -242,41 +246,55 @@ async def run_catalogue_demo(
     tasks: list[asyncio.Task[None]] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    if not once:  # from here on Ctrl-C stops the demo cleanly
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+    # From here on Ctrl-C (or SIGTERM) stops the demo cleanly, with or without --once.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        tasks.append(await _start(servers[0], service_sock))
-        tasks.append(await _start(servers[1], app_sock))
-        key_tenant = tenants[2] if len(tenants) > 2 else None
-        key = None
-        if key_tenant is not None:
-            key = (await asyncio.to_thread(tenantry.api_keys.issue, key_tenant.id, name="demo")).key
-        app_port_real = app_sock.getsockname()[1]
-        plan = _ways(tenants, app_port_real, key)
-        _print_urls(console, service_url, app_url, token, plan, once=once)
-        async with httpx.AsyncClient(base_url=app_url, timeout=30) as client:
-            problems = await _initial_traffic(client, plan)
-            if once:
-                await _wait_finished(queue, plan, timeout)
-            elif not stop.is_set():
-                console.print("serving; press Ctrl-C to stop", style="bold")
-                await _trickle(client, plan, stop)
-        rows = await asyncio.to_thread(_summary, tenantry, queue, plan)
-    finally:
-        if not once:
+        try:
+            tasks.append(await _start(servers[0], service_sock))
+            tasks.append(await _start(servers[1], app_sock))
+            key_tenant = tenants[2] if len(tenants) > 2 else None
+            key = None
+            if key_tenant is not None:
+                issued = await asyncio.to_thread(
+                    tenantry.api_keys.issue, key_tenant.id, name="demo"
+                )
+                key = issued.key
+            app_port_real = app_sock.getsockname()[1]
+            plan = _ways(tenants, app_port_real, key)
+            _print_urls(console, service_url, app_url, token, plan, once=once)
+            async with httpx.AsyncClient(base_url=app_url, timeout=30) as client:
+                problems = await _initial_traffic(client, plan)
+                if once:
+                    await _wait_finished(queue, plan, timeout, stop)
+                elif not stop.is_set():
+                    console.print("serving; press Ctrl-C to stop", style="bold")
+                    await _trickle(client, plan, stop)
+        finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-        for server in servers:
-            server.should_exit = True
-        await asyncio.gather(*tasks, return_exceptions=True)
-        service_sock.close()
-        app_sock.close()
+            if stop.is_set():
+                console.print(
+                    "interrupted: stopping the worker (running jobs get "
+                    f"{_SHUTDOWN_GRACE:g} s to finish)",
+                    style="bold",
+                )
+            # The service's shutdown stops its embedded worker gracefully: running
+            # jobs finish (within the grace) and their completions are written.
+            for server in servers:
+                server.should_exit = True
+            await asyncio.gather(*tasks, return_exceptions=True)
+            service_sock.close()
+            app_sock.close()
+        # Counted only now that no worker runs: jobs and audit rows are read by two
+        # queries, and a job completing between them would make the two disagree.
+        rows = await asyncio.to_thread(_summary, tenantry, queue, plan)
+    finally:
         # The async engines' connections belong to this loop, which ends with the
         # demo: close them now (the engines are rebuilt if tenantry is used again).
         await tenantry.aclose()
     for row in rows:
-        if once and row["unfinished"]:  # after Ctrl-C, jobs in flight are normal
+        if once and row["unfinished"] and not stop.is_set():  # after Ctrl-C, they may not
             problems.append(f"{row['tenant']}: {row['unfinished']} job(s) did not finish")
         if row["audit_rows"] != row["completed"]:
             problems.append(
@@ -293,7 +311,9 @@ async def run_catalogue_demo(
     return DemoResult(service_url, app_url, token, rows, problems)
 
 
-async def _wait_finished(queue: Queue, plan: list[TenantTraffic], timeout: float) -> None:
+async def _wait_finished(
+    queue: Queue, plan: list[TenantTraffic], timeout: float, stop: asyncio.Event
+) -> None:
     def unfinished() -> int:
         total = 0
         for who in plan:
@@ -302,10 +322,11 @@ async def _wait_finished(queue: Queue, plan: list[TenantTraffic], timeout: float
         return total
 
     deadline = time.monotonic() + timeout
-    while await asyncio.to_thread(unfinished):
+    while not stop.is_set() and await asyncio.to_thread(unfinished) > 0:
         if time.monotonic() > deadline:
             raise TenantryError(f"demo jobs did not finish within {timeout:g}s")
-        await asyncio.sleep(0.2)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.2)
 
 
 def _print_urls(

@@ -57,6 +57,9 @@ jobs_table = Table(
     Column("idempotency_key", String(200)),
     Column("correlation_id", String(200)),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # SQLite: ids are never given again, even after the highest is pruned, and a
+    # move can set the counter past the ids the tenant had elsewhere.
+    sqlite_autoincrement=True,
 )
 
 _RUNNABLE = "state = 'available'"

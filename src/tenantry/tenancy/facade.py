@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Self
 
-from sqlalchemy import MetaData, inspect
+from sqlalchemy import Engine, MetaData, inspect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -37,6 +37,7 @@ from tenantry.tenancy.ids import validate_tenant_id
 from tenantry.tenancy.isolation import IsolationStrategy, strategy_for
 from tenantry.tenancy.logs import get_logger
 from tenantry.tenancy.models import TENANT_ID_COLUMN, GlobalBase, TenantBase, is_tenant_table
+from tenantry.tenancy.routing import GLOBAL_ROUTE, global_route
 from tenantry.tenancy.session import TenantSession
 from tenantry.tenancy.store import Store
 
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from tenantry.tenancy.apikeys import ApiKeys
 
 log = get_logger(__name__)
+
 
 def import_object(ref: str) -> Any:
     """Import ``"package.module:attr.path"`` (how configs name application objects)."""
@@ -90,6 +92,8 @@ class Tenancy:
         hooks: TenantHooks = NO_HOOKS,
     ) -> None:
         self.config = config or load_config()
+        if notice := self.config.data_location_notice():
+            log.info(notice)
         #: Called when a tenant's storage or status changes (the queue's, in Tenantry).
         self.hooks = hooks
         self.tenant_metadata = self._metadata(
@@ -353,20 +357,31 @@ class Tenancy:
         return Placement(tenant, self.store(tenant.store), strategy_for(tenant.isolation))
 
     # -- sessions -------------------------------------------------------------------
-    def _session_kwargs(self, placement: Placement) -> dict[str, Any]:
+    def _session_kwargs(self, placement: Placement, *, is_async: bool) -> dict[str, Any]:
         tid = placement.tenant.id
+        store = self.default_store
+
+        def globals_engine() -> Engine:
+            return store.async_engine().sync_engine if is_async else store.engine()
+
+        reaches = placement.store is store and not placement.strategy.own_database
         return {
             "info": {
                 "tenantry_tenant_id": tid,
                 "tenantry_filter_rows": placement.strategy.filters_rows,
                 "tenantry_tx_setup": placement.strategy.transaction_setup(placement.store, tid),
+                GLOBAL_ROUTE: global_route(
+                    self.global_metadata, tid, globals_engine, reaches_globals=reaches
+                ),
             },
             "expire_on_commit": False,
         }
 
-    def _merge_options(self, placement: Placement, options: dict[str, Any]) -> dict[str, Any]:
+    def _merge_options(
+        self, placement: Placement, options: dict[str, Any], *, is_async: bool = False
+    ) -> dict[str, Any]:
         """Caller's session options, except that tenantry's ``info`` keys always win."""
-        ours = self._session_kwargs(placement)
+        ours = self._session_kwargs(placement, is_async=is_async)
         merged = ours | options
         merged["info"] = {**options.get("info", {}), **ours["info"]}
         return merged
@@ -389,7 +404,7 @@ class Tenancy:
         if tenant is None:
             tenant = await asyncio.to_thread(self.catalog.get, tenant_id)
         placement = self._placement_of(tenant)
-        kwargs = self._merge_options(placement, session_options)
+        kwargs = self._merge_options(placement, session_options, is_async=True)
         engine = placement.strategy.async_engine(placement.store, tenant.id)
         return AsyncSession(bind=engine, sync_session_class=TenantSession, **kwargs)
 

@@ -10,6 +10,10 @@ A :class:`TenantSession` is an ordinary SQLAlchemy ``Session`` with three hooks:
 * ``after_begin`` runs the isolation mode's per-transaction SQL (on PostgreSQL:
   the tenant GUC for RLS, the non-owner role and the ``search_path``).
 
+When the tenant's tables are not in the database holding the global tables
+(a database of its own, or another store), ``get_bind`` sends statements on
+global tables to the database that holds them (:mod:`tenantry.tenancy.routing`).
+
 The tenant is fixed when the session is created. Using the session while a
 *different* tenant is current is refused, so a session cannot be smuggled
 across tenants by accident.
@@ -19,13 +23,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, event, text
+from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, with_loader_criteria
 from sqlalchemy.orm import attributes as orm_attributes
 
 from tenantry.errors import CrossTenantAccessError
 from tenantry.tenancy.context import current_tenant_or_none
 from tenantry.tenancy.models import TenantScoped
+from tenantry.tenancy.routing import GLOBAL_ROUTE, GlobalRoute
 
 #: Execution option that lifts the shared-table filter for one statement.
 ALL_TENANTS = "tenantry_all_tenants"
@@ -37,6 +42,20 @@ class TenantSession(Session):
     @property
     def tenant_id(self) -> str:
         return str(self.info["tenantry_tenant_id"])
+
+    def get_bind(
+        self,
+        mapper: Any = None,
+        *,
+        clause: Any = None,
+        bind: Any = None,
+        **kw: Any,
+    ) -> Engine | Connection:
+        """The tenant's engine, or the global tables' when the statement names only those."""
+        route = self.info.get(GLOBAL_ROUTE)
+        if bind is None and isinstance(route, GlobalRoute) and route.is_global(mapper, clause):
+            return route.engine
+        return super().get_bind(mapper, clause=clause, bind=bind, **kw)
 
 
 def _session_tenant(session: Session) -> str | None:
@@ -138,6 +157,9 @@ def _setup_transaction(session: Session, _tx: SessionTransaction, conn: Connecti
     tenant_id = _session_tenant(session)
     if tenant_id is not None:
         _check_context(session, tenant_id)
+    route = session.info.get(GLOBAL_ROUTE)
+    if isinstance(route, GlobalRoute) and conn.engine is route.engine:
+        return  # the global tables' database: as a global session, no tenant setup
     setup = session.info.get("tenantry_tx_setup")
     if setup is not None:
         sql, params = setup
