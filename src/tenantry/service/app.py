@@ -14,15 +14,18 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from importlib.resources import files
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenantry import __version__
@@ -220,13 +223,14 @@ def create_app(
             "Every /api route needs the admin token as `Authorization: Bearer <token>`."
         ),
         lifespan=_lifespan,
-        docs_url="/docs",
+        docs_url=None,  # served by _add_docs, from local files
         redoc_url=None,
     )
     app.state.service = state
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.include_router(api.router)
     app.include_router(dashboard.router)
+    _add_docs(app)
 
     @app.get("/", include_in_schema=False)
     async def root() -> Response:
@@ -255,6 +259,48 @@ def create_app(
     app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(Exception, _unexpected)
     return app
+
+
+#: Where the Swagger UI files are served.
+DOCS_ASSETS = "/docs/assets"
+
+
+def _add_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI served from files of the installed ``fastapi-offline`` package.
+
+    FastAPI's default page loads Swagger UI from a CDN, so it is blank on a
+    network without Internet access, where such a service often runs. The
+    files come from a package instead, served beside the page, and Swagger
+    UI's online validator (a request to validator.swagger.io) is switched off,
+    so the page needs nothing but this service. ``fastapi-offline`` ships
+    Swagger UI 5, the first to read OpenAPI 3.1, which FastAPI writes
+    (``swagger-ui-bundle`` ships Swagger UI 4, which refuses the schema). Only
+    its static files are used. Swagger UI is kept rather than ReDoc because it
+    sends requests: an operator authorizes once with the admin token and tries
+    the API from the page. Like ``/openapi.json``, the page needs no token: it
+    describes the API and holds no data, and every request made from it needs
+    the admin token.
+    """
+    assets = StaticFiles(directory=str(files("fastapi_offline") / "static"))
+    app.mount(DOCS_ASSETS, assets, name="docs-assets")
+    redirect = "/docs/oauth2-redirect"
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> Response:
+        root = str(request.scope.get("root_path", "")).rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - API docs",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            oauth2_redirect_url=f"{root}{redirect}",
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    @app.get(redirect, include_in_schema=False)
+    async def docs_oauth2_redirect() -> Response:
+        return get_swagger_ui_oauth2_redirect_html()
 
 
 @asynccontextmanager

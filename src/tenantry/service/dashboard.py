@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Awaitable, Callable
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any
-from urllib.parse import parse_qs, quote, urlencode
+from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, Path, Request
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
@@ -32,9 +31,20 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from tenantry.errors import AuthenticationError, TenantryError
-from tenantry.queue import Job, JobState, TenantQueueStats
+from tenantry.queue import Job, JobState
+from tenantry.queue.job import utcnow
+from tenantry.service import timefmt
 from tenantry.service.auth import SESSION_COOKIE, DashboardSession
 from tenantry.service.chart import throughput_svg
+from tenantry.service.dashboard_query import (
+    RANGES,
+    int_param,
+    list_tenants,
+    notice_count,
+    range_param,
+    state_param,
+    text_param,
+)
 from tenantry.service.errors import status_for
 from tenantry.service.state import ServiceState, service_of
 from tenantry.tenancy.catalog import Tenant
@@ -43,6 +53,10 @@ from tenantry.tenancy.ids import validate_tenant_id
 JobId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 PAGE_SIZE = 50
 TENANT_ROWS = 100
+#: Job lists read ``page x PAGE_SIZE`` rows from each jobs table, so they stop here.
+MAX_JOB_PAGE = 1000
+#: The overview pages through the catalog in memory: 100,000 pages is far beyond any catalog.
+MAX_TENANT_PAGE = 100_000
 MAX_FORM_BYTES = 16 * 1024
 
 NOTICES: dict[str, str] = {
@@ -63,24 +77,8 @@ _env = Environment(
 )
 
 
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 86400:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
-def _when(value: datetime | None) -> str:
-    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
-
-
-_env.filters["age"] = _age
-_env.filters["when"] = _when
+_env.filters["age"] = timefmt.age
+_env.filters["when"] = timefmt.when
 _env.filters["pretty_json"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
 
 
@@ -137,8 +135,8 @@ def render(
     notice = None
     code = request.query_params.get("notice")
     if code in NOTICES:
-        count = request.query_params.get("n", "")
-        notice = NOTICES[code].format(n=int(count) if count.isdigit() else "")
+        count = notice_count(request.query_params)
+        notice = NOTICES[code].format(n="" if count is None else count)
     html = _env.get_template(template).render(
         request_path=request.url.path,
         nonce=nonce,
@@ -243,20 +241,52 @@ async def logout(request: Request) -> Response:
 
 
 # -- overview ------------------------------------------------------------------------------
-async def _live_context(svc: ServiceState) -> dict[str, Any]:
+def _overview_params(params: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "search": text_param(params, "q"),
+        "page": int_param(params, "page", default=1, high=MAX_TENANT_PAGE),
+        "range": range_param(params),
+    }
+
+
+async def _live_context(svc: ServiceState, params: Mapping[str, str]) -> dict[str, Any]:
+    wanted = _overview_params(params)
     stats = await svc.monitor.current()
     tenants = await run_in_threadpool(svc.tenantry.list_tenants)
-    empty = TenantQueueStats("", window_seconds=stats.window_seconds)
-    rows = [(t, stats.tenants.get(t.id, empty)) for t in tenants]
-    rows.sort(key=lambda r: (-sum(r[1].depth.values()), r[0].id))
+    listing = list_tenants(
+        tenants,
+        stats.tenants,
+        search=wanted["search"],
+        page=wanted["page"],
+        per_page=TENANT_ROWS,
+        window_seconds=stats.window_seconds,
+    )
     samples = list(svc.monitor.samples)
+    span = RANGES[wanted["range"]][0]
+    if span is None:  # the recent samples, as many as the sampler keeps
+        recent = svc.monitor.interval * (svc.monitor.samples.maxlen or 2)
+        chart = throughput_svg(samples, span=recent, now=utcnow())
+    else:  # the longer ranges draw from the rolled-up day
+        chart = throughput_svg(list(svc.monitor.history), span=span, now=utcnow())
+    defaults: dict[str, Any] = {"q": None, "page": 1, "range": "recent"}
+
+    def link(**changes: Any) -> str:
+        """The overview's query string with *changes*; parameters at their default left out."""
+        merged = {"q": wanted["search"], "page": listing.page, "range": wanted["range"]}
+        merged.update(changes)
+        return urlencode({k: v for k, v in merged.items() if v is not None and v != defaults[k]})
+
     return {
         "stats": stats,
         "total": stats.total(),
-        "rows": rows[:TENANT_ROWS],
-        "hidden_rows": max(0, len(rows) - TENANT_ROWS),
+        "listing": listing,
+        "rows": listing.rows,
+        "search": wanted["search"] or "",
+        "range": wanted["range"],
+        "ranges": RANGES,
+        "link": link,
         "tenant_count": len(tenants),
-        "chart": throughput_svg(samples, capacity=svc.monitor.samples.maxlen or len(samples)),
+        "chart": chart,
         "last_sample": samples[-1] if samples else None,
         "seq": svc.monitor.seq,
         "monitor_error": svc.monitor.last_error,
@@ -268,7 +298,7 @@ async def _live_context(svc: ServiceState) -> dict[str, Any]:
 async def overview(request: Request) -> Response:
     session = session_of(request)
     svc = service_of(request)
-    context = await _live_context(svc)
+    context = await _live_context(svc, request.query_params)
     return render(
         request,
         "overview.html",
@@ -282,14 +312,13 @@ async def overview(request: Request) -> Response:
 async def live(request: Request) -> Response:
     """The overview's live part alone: what the page's script swaps in every poll."""
     session = session_of(request, fragment=True)
-    context = await _live_context(service_of(request))
+    context = await _live_context(service_of(request), request.query_params)
     return render(request, "_live.html", session=session, **context)
 
 
 # -- dead letters --------------------------------------------------------------------------
 def _page_args(request: Request) -> int:
-    raw = request.query_params.get("page", "1")
-    return min(max(int(raw), 1), 1000) if raw.isdigit() else 1
+    return int_param(request.query_params, "page", default=1, high=MAX_JOB_PAGE)
 
 
 def _tenant_param(request: Request) -> str | None:
@@ -334,9 +363,8 @@ async def tenant_page(request: Request, tenant_id: str) -> Response:
     session = session_of(request)
     svc = service_of(request)
     validate_tenant_id(tenant_id)
-    state_filter = request.query_params.get("state") or None
-    if state_filter is not None:
-        state_filter = JobState(state_filter).value if state_filter in set(JobState) else None
+    state_filter = state_param(request.query_params)
+    kind_filter = text_param(request.query_params, "kind")
     page = _page_args(request)
 
     def load() -> dict[str, Any]:
@@ -345,6 +373,7 @@ async def tenant_page(request: Request, tenant_id: str) -> Response:
         jobs = svc.queue.admin.list_jobs(
             tenant_id=tenant_id,
             state=state_filter,
+            kind=kind_filter,
             limit=PAGE_SIZE + 1,
             offset=(page - 1) * PAGE_SIZE,
         )
@@ -362,9 +391,13 @@ async def tenant_page(request: Request, tenant_id: str) -> Response:
         more=len(jobs) > PAGE_SIZE,
         page=page,
         state_filter=state_filter,
+        kind_filter=kind_filter,
+        kinds=sorted(
+            {*(svc.registry.kinds if svc.registry else ()), *(k for _, k in data["tstats"].by_kind)}
+        ),
         states=[s.value for s in JobState],
         here=_here(request),
-        quote=quote,
+        query=lambda **kw: urlencode({k: v for k, v in kw.items() if v}),
         **data,
     )
 

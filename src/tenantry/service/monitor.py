@@ -6,12 +6,18 @@ sample counts the jobs that finished since the previous one (``finished_at``
 in that interval), so the throughput chart shows every worker's completions
 exactly once, however the sampling drifts. Samples are kept in memory only:
 the chart starts empty after a restart.
+
+Besides the recent samples, a day of history is kept rolled up into buckets
+of :data:`HISTORY_BUCKET` seconds (8,640 small records), so the chart can show
+the last hours without keeping every sample or querying the jobs tables for
+them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,6 +30,11 @@ log = get_logger(__name__)
 
 #: How long a cancelled refresh waits for its query before giving up on it.
 SETTLE_TIMEOUT = 30.0
+
+#: Seconds of samples rolled up into one entry of :attr:`Monitor.history`, and
+#: how far back that history goes.
+HISTORY_BUCKET = 10.0
+HISTORY_SECONDS = 86400.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,18 @@ class Sample:
         """Completed jobs per second in this interval."""
         return self.completed / self.seconds if self.seconds > 0 else 0.0
 
+    def then(self, later: Sample) -> Sample:
+        """This interval and the *later* one that follows it, as one sample."""
+        return Sample(
+            at=later.at,
+            seconds=self.seconds + later.seconds,
+            completed=self.completed + later.completed,
+            dead=self.dead + later.dead,
+            failed=self.failed + later.failed,
+            depth=later.depth,
+            running=later.running,
+        )
+
 
 class Monitor:
     """Keeps the latest :class:`QueueStats` and a bounded series of :class:`Sample`."""
@@ -52,6 +75,8 @@ class Monitor:
         self.interval = interval
         self.window = window
         self.samples: deque[Sample] = deque(maxlen=keep)
+        self.bucket = max(HISTORY_BUCKET, interval)
+        self.history: deque[Sample] = deque(maxlen=math.ceil(HISTORY_SECONDS / self.bucket) + 1)
         self.latest: QueueStats | None = None
         self.seq = 0  # bumps with every refresh; the dashboard shows it to prove liveness
         self.last_error: str | None = None
@@ -82,8 +107,19 @@ class Monitor:
             self.last_error = None
             self.latest = stats
             self.samples.append(sample)
+            self._roll_up(sample)
             self.seq += 1
             return stats
+
+    def _roll_up(self, sample: Sample) -> None:
+        """Add *sample* to :attr:`history`, merged into the last entry if in the same bucket."""
+        last = self.history[-1] if self.history else None
+        if last is not None and (
+            last.at.timestamp() // self.bucket == sample.at.timestamp() // self.bucket
+        ):
+            self.history[-1] = last.then(sample)
+        else:
+            self.history.append(sample)
 
     async def _take_settled(self) -> tuple[QueueStats, Sample]:
         """``_take`` on a thread that a cancelled refresh still waits for.

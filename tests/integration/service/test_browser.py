@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import select
@@ -28,6 +30,9 @@ from tests.conftest import IN_CI
 from tests.integration.service.conftest import ADMIN_TOKEN
 from tests.integration.service.jobs import registry
 from tests.models import Note
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -204,5 +209,99 @@ def test_dashboard_login_overview_dead_letters_and_retry(
             page.goto(f"{service.url}/dashboard/tenants/globex?state=completed")
             expect(page.locator("#tenant-status")).to_have_text("active")
             expect(page.locator(f"#jobs a[href$='/jobs/{dead_id}']")).to_be_visible()
+        finally:
+            browser.close()
+
+
+PHONE_WIDTH, PHONE_HEIGHT = 375, 740
+
+
+def overflow(page: Page) -> int:
+    """How many CSS pixels the page is wider than the window (0: no horizontal scrolling)."""
+    width = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert isinstance(width, int)
+    return width
+
+
+def test_search_phone_layout_and_offline_api_docs(
+    chromium: Path, service: Service, tmp_path: Path
+) -> None:
+    from playwright.sync_api import Route, expect, sync_playwright
+
+    queue = service.queue
+    for i in range(3):
+        service.t.create_tenant(f"initech_{i}", name=f"Initech branch {i}", isolation="shared")
+    with tenant_context("globex"):
+        dead_id = queue.enqueue("flaky", {"key": "a-key-with-no-spaces-" + "x" * 80}).id
+    wait_until(lambda: queue.admin.get_job("globex", dead_id).state is JobState.DEAD, "a dead job")
+    blocked: list[str] = []
+    local = urlsplit(service.url).hostname
+
+    def offline(route: Route) -> None:
+        """Anything but the service itself is unreachable, as on a network without Internet."""
+        if urlsplit(route.request.url).hostname == local:
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": PHONE_WIDTH, "height": PHONE_HEIGHT})
+            context.route("**/*", offline)
+            page = context.new_page()
+            page.set_default_timeout(20_000)
+            page.goto(f"{service.url}/dashboard/login")
+            page.fill("#token", ADMIN_TOKEN)
+            page.click("button[type=submit]")
+            expect(page).to_have_url(f"{service.url}/dashboard/")
+            rows = page.locator("#tenants tbody tr[data-tenant]")
+            expect(rows).to_have_count(5)
+
+            # The search narrows the list, and the live updates keep it narrowed.
+            page.fill("#q", "INITECH")
+            page.press("#q", "Enter")
+            expect(page).to_have_url(re.compile(r"/dashboard/\?q=INITECH$"))
+            expect(rows).to_have_count(3)
+            expect(page.locator("#tenants tr[data-tenant=acme]")).to_have_count(0)
+            seq = page.locator("#seq").inner_text()
+            expect(page.locator("#seq")).not_to_have_text(seq)  # a poll has replaced the table
+            expect(rows).to_have_count(3)
+            page.fill("#q", "branch 2")
+            page.press("#q", "Enter")
+            expect(rows).to_have_count(1)
+            expect(rows.first).to_have_attribute("data-tenant", "initech_2")
+
+            # A phone: the page itself never scrolls sideways, wide tables scroll in their box.
+            assert page.evaluate("window.innerWidth") == PHONE_WIDTH
+            for path in (
+                "/dashboard/",
+                "/dashboard/?range=24h",
+                "/dashboard/dead",
+                "/dashboard/tenants/globex",
+                f"/dashboard/tenants/globex/jobs/{dead_id}",
+            ):
+                page.goto(f"{service.url}{path}")
+                expect(page.locator("main h1")).to_be_visible()
+                assert overflow(page) <= 0, path
+            page.goto(f"{service.url}/dashboard/tenants/globex")
+            table_box = page.locator("#jobs").evaluate(
+                "t => [t.parentElement.scrollWidth, t.parentElement.clientWidth]"
+            )
+            assert table_box[0] > table_box[1]  # the jobs table scrolls inside its box
+            page.screenshot(path=str(tmp_path / "phone-tenant.png"), full_page=True)
+
+            # The API docs render with the network cut off, reached from the nav.
+            page.goto(f"{service.url}/dashboard/")
+            page.click("header nav >> text=API docs")
+            expect(page).to_have_url(f"{service.url}/docs")
+            expect(page.locator(".swagger-ui .info .title")).to_contain_text("tenantry service")
+            expect(page.locator(".opblock-summary-path").first).to_be_visible()
+            expect(
+                page.locator(".opblock-summary-path[data-path='/api/v1/tenants']").first
+            ).to_be_visible()
+            page.screenshot(path=str(tmp_path / "docs.png"))
+            assert blocked == [], blocked
         finally:
             browser.close()

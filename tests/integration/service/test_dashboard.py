@@ -124,3 +124,31 @@ async def test_tenant_and_job_pages(make_service: ServiceFactory, path: str) -> 
     assert missing.status_code == 404
     assert "does not exist" in missing.text
     assert (await svc.client.get("/dashboard/tenants/acme/jobs/424242")).status_code == 404
+
+
+async def test_api_docs_are_served_from_local_files(make_service: ServiceFactory) -> None:
+    svc: Svc = await make_service("sqlite", run_worker=False)
+    page = await svc.client.get("/docs")  # no token, as /openapi.json
+    assert page.status_code == 200
+    urls = re.findall(r'(?:src|href)="([^"]+)"', page.text) + re.findall(
+        r"url: '([^']+)'", page.text
+    )
+    assert "/docs/assets/swagger-ui-bundle.js" in urls
+    assert "/docs/assets/swagger-ui.css" in urls
+    assert "/openapi.json" in urls
+    assert all(url.startswith("/") and not url.startswith("//") for url in urls), urls
+    assert '"validatorUrl": null' in page.text  # no request to validator.swagger.io
+    for asset, media in [
+        ("swagger-ui-bundle.js", "javascript"),
+        ("swagger-ui.css", "text/css"),
+        ("favicon.png", "image/png"),
+    ]:
+        response = await svc.client.get(f"/docs/assets/{asset}")
+        assert response.status_code == 200, asset
+        assert media in response.headers["content-type"], asset
+    schema = await svc.client.get("/openapi.json")
+    assert schema.status_code == 200
+    assert "/api/v1/tenants" in schema.json()["paths"]
+    assert "/docs" not in schema.json()["paths"]
+    await login(svc)
+    assert 'href="/docs"' in (await svc.client.get("/dashboard/")).text  # the nav links to it
