@@ -3,8 +3,11 @@
 A request names its tenant by API key (``Authorization: Bearer tk_...``), by
 host (``acme.localhost:8001``: browsers resolve ``*.localhost`` to this
 machine) or by the ``X-Tenant-ID`` header; every session it opens is bound to
-that tenant. ``PUT /products/{id}`` changes the product and enqueues the
-audit job in the same transaction: both commit, or neither does.
+that tenant. Host and header alone are accepted only because this is a local
+demo (``trust_hints=True``): a real app leaves that off, so that only a token
+or an API key gives a request its tenant (see docs/web.md).
+``PUT /products/{id}`` changes the product and enqueues the audit job in the
+same transaction: both commit, or neither does.
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ def create_catalogue_app(
                     HeaderResolver("X-Tenant-ID"),
                 ],
                 exclude_paths=["/docs", "/openapi.json", "/health"],
+                # A local demo: let curl and the browser pick a tenant by header or host.
+                trust_hints=True,
             )
         ],
     )

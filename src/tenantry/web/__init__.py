@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from tenantry.tenancy.apikeys import ApiKey, ApiKeys, IssuedApiKey
 from tenantry.web.asgi import RequestInfo
-from tenantry.web.chain import Resolution, ResolverChain
+from tenantry.web.chain import CredentialRequiredError, Resolution, ResolverChain
 from tenantry.web.middleware import TenantMiddleware, tenant_of
 from tenantry.web.refusals import Refusal, refusal_for
 from tenantry.web.resolvers import (
@@ -26,6 +26,7 @@ __all__ = [
     "ApiKey",
     "ApiKeys",
     "Candidate",
+    "CredentialRequiredError",
     "HeaderResolver",
     "HostResolver",
     "IssuedApiKey",

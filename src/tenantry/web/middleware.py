@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tenantry.errors import TenantRequiredError, TenantryError
+from tenantry.errors import ConfigError, TenantRequiredError, TenantryError
 from tenantry.tenancy.catalog import Tenant
 from tenantry.tenancy.context import no_tenant, tenant_context
 from tenantry.tenancy.facade import Tenancy
@@ -27,7 +27,7 @@ from tenantry.web.asgi import ASGIApp, Receive, RequestInfo, Scope, Send
 from tenantry.web.chain import Resolution, ResolverChain
 from tenantry.web.lookup import servable_tenant
 from tenantry.web.refusals import refusal_for, send_refusal
-from tenantry.web.resolvers import Resolver
+from tenantry.web.resolvers import HeaderResolver, HostResolver, Resolver
 
 log = get_logger(__name__)
 
@@ -51,7 +51,13 @@ def tenant_of(scope: Scope) -> Tenant | None:
 class TenantMiddleware:
     """Resolve each request's tenant and run the app inside ``tenant_context``.
 
-    *resolvers* are all asked, in order (see :mod:`tenantry.web.chain`).
+    *resolvers* are all asked, in order (see :mod:`tenantry.web.chain`). A
+    request gets a tenant only from a credential (a token, an API key): the
+    host and headers merely pick one of the tenants it allows, and a request
+    naming a tenant by them alone is refused with 401 ``credential_required``.
+    *trust_hints* lifts that for apps only trusted clients can reach (behind
+    an internal gateway): any client can then choose a tenant by host or
+    header, so it is logged as a warning when the middleware is built.
     *exclude_paths* bypass the middleware entirely (health checks, metrics).
     On *optional_paths* a request naming no tenant runs with no tenant set;
     one that does name a tenant is checked exactly as elsewhere. Everywhere
@@ -71,10 +77,25 @@ class TenantMiddleware:
         exclude_paths: Iterable[str] = (),
         optional_paths: Iterable[str] = (),
         retry_after: int = 30,
+        trust_hints: bool = False,
     ) -> None:
         self.app = app
         self.tenantry = tenantry
-        self.chain = ResolverChain(resolvers)
+        self.chain = ResolverChain(resolvers, require_credential=not trust_hints)
+        self.trust_hints = trust_hints
+        if trust_hints:
+            log.warning(
+                "TenantMiddleware(trust_hints=True): any client can choose a tenant by "
+                "host or header (%s); serve this app to trusted networks only",
+                ", ".join(r.name for r in resolvers),
+            )
+        elif all(isinstance(r, (HostResolver, HeaderResolver)) for r in resolvers):
+            # Every request would be refused; say so now rather than at the first request.
+            raise ConfigError(
+                "these resolvers only read hints (host, header), and a credential is "
+                "required: add a JWTResolver or APIKeyResolver, or pass trust_hints=True "
+                "if only trusted clients can reach this app"
+            )
         self.exclude_paths = tuple(exclude_paths)
         self.optional_paths = tuple(optional_paths)
         self.retry_after = retry_after
@@ -121,5 +142,10 @@ class TenantMiddleware:
         if resolution.tenant_id is None:
             if path_matches(request.path, self.optional_paths):
                 return resolution, None
+            if resolution.choices:
+                raise TenantRequiredError(
+                    f"the credential is valid for {len(resolution.choices)} tenants; "
+                    "choose one by host or header"
+                )
             raise TenantRequiredError()
         return resolution, await servable_tenant(self.tenantry.catalog, resolution.tenant_id)

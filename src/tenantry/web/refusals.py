@@ -22,9 +22,11 @@ from tenantry.errors import (
     TenantUnavailableError,
 )
 from tenantry.web.asgi import Receive, Scope, Send
+from tenantry.web.chain import CredentialRequiredError
 
 # Most specific first is not needed: the lookup walks the exception's MRO.
 REFUSALS: dict[type[Exception], tuple[int, str]] = {
+    CredentialRequiredError: (401, "credential_required"),
     AuthenticationError: (401, "invalid_credentials"),
     TenantMismatchError: (403, "tenant_mismatch"),
     AmbiguousTenantError: (400, "ambiguous_tenant"),

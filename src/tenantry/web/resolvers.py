@@ -42,11 +42,38 @@ class Strength(IntEnum):
 
 @dataclass(frozen=True)
 class Candidate:
-    """One resolver's answer: which tenant, from where, and how trustworthy."""
+    """One resolver's answer: which tenant, from where, and how trustworthy.
 
-    tenant_id: str
+    A credential may vouch for several tenants (a token issued to a user who
+    belongs to more than one): then *tenant_id* is ``None`` and *choices* holds
+    them, and a hint has to pick one (see :mod:`tenantry.web.chain`). Build
+    such a candidate with :meth:`one_of`.
+    """
+
+    tenant_id: str | None
     source: str
     strength: Strength
+    choices: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if (self.tenant_id is None) == (not self.choices):
+            raise ConfigError("a candidate names either one tenant or a set of choices")
+        if self.choices and self.strength is not Strength.CREDENTIAL:
+            # A hint that offers several tenants would let the client pick among them.
+            raise ConfigError("only a credential can vouch for several tenants")
+
+    @classmethod
+    def one_of(cls, tenant_ids: Iterable[str], source: str) -> Candidate:
+        """A credential valid for every tenant in *tenant_ids* (one of them is named directly)."""
+        choices = frozenset(tenant_ids)
+        if len(choices) == 1:
+            return cls(next(iter(choices)), source, Strength.CREDENTIAL)
+        return cls(None, source, Strength.CREDENTIAL, choices)
+
+    @property
+    def allowed(self) -> frozenset[str]:
+        """The tenants this candidate accepts."""
+        return self.choices if self.tenant_id is None else frozenset((self.tenant_id,))
 
 
 class Resolver(Protocol):
@@ -146,9 +173,11 @@ class HostResolver:
 class HeaderResolver:
     """The tenant named in a request header (``X-Tenant-ID`` by default).
 
-    A header is whatever the client typed, so this is only a hint: on its own
-    it suits trusted callers (an internal gateway) or public, per-tenant data.
-    Behind a credential it can only agree or get the request refused.
+    A header is whatever the client typed, so this is only a hint: by default
+    it can only pick one of the tenants a credential allows, or agree with it.
+    On its own it serves a request only behind
+    ``TenantMiddleware(..., trust_hints=True)``, for trusted callers (an
+    internal gateway).
     """
 
     def __init__(self, header: str = "X-Tenant-ID", *, name: str = "header") -> None:

@@ -38,6 +38,11 @@ class JWTResolver:
     *leeway* seconds for clock skew; ``aud``/``iss`` are checked (and required)
     when *audience*/*issuer* are given. Bearer tokens starting with ``tk_`` are
     API keys and are left to :class:`~tenantry.web.resolvers.APIKeyResolver`.
+
+    *tenants_claim* (off by default) names a claim holding a list of tenant
+    ids, for tokens issued to someone who works in several tenants: the
+    request's host or header then chooses one of them (a tenant outside the
+    list is a 403). A token carries either *claim* or *tenants_claim*, not both.
     """
 
     def __init__(
@@ -46,6 +51,7 @@ class JWTResolver:
         *,
         algorithms: Sequence[str],
         claim: str = "tenant_id",
+        tenants_claim: str | None = None,
         audience: str | Sequence[str] | None = None,
         issuer: str | Sequence[str] | None = None,
         leeway: float = 10.0,
@@ -56,6 +62,9 @@ class JWTResolver:
         self.algorithms = tuple(algorithms)
         self._key = _prepare_key(key, self.algorithms)
         self.claim = claim
+        if tenants_claim == claim:
+            raise ConfigError("claim and tenants_claim must be different claims")
+        self.tenants_claim = tenants_claim
         self.audience = audience
         self.issuer = issuer
         self.leeway = leeway
@@ -79,11 +88,33 @@ class JWTResolver:
             raise AuthenticationError("more than one bearer token presented")
         claims = self.decode(tokens.pop())
         tenant_id = claims.get(self.claim)
+        several = claims.get(self.tenants_claim) if self.tenants_claim is not None else None
+        if several is not None:
+            if tenant_id is not None:
+                raise AuthenticationError(
+                    f"the token has both a {self.claim!r} and a {self.tenants_claim!r} claim"
+                )
+            return Candidate.one_of(self.tenant_list(several), self._name)
         if tenant_id is None:
-            raise AuthenticationError(f"the token has no {self.claim!r} claim")
-        if not is_valid_tenant_id(tenant_id):
+            wanted = repr(self.claim)
+            if self.tenants_claim is not None:
+                wanted += f" or {self.tenants_claim!r}"
+            raise AuthenticationError(f"the token has no {wanted} claim")
+        if not isinstance(tenant_id, str) or not is_valid_tenant_id(tenant_id):
             raise AuthenticationError(f"the token's {self.claim!r} claim is not a valid tenant id")
         return Candidate(tenant_id, self._name, Strength.CREDENTIAL)
+
+    def tenant_list(self, value: Any) -> list[str]:
+        """The tenants-claim's ids; :class:`AuthenticationError` unless a non-empty list of ids."""
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(t, str) and is_valid_tenant_id(t) for t in value)
+        ):
+            raise AuthenticationError(
+                f"the token's {self.tenants_claim!r} claim is not a non-empty list of tenant ids"
+            )
+        return value
 
     def decode(self, token: str) -> dict[str, Any]:
         """The verified claims; :class:`AuthenticationError` for any flaw."""

@@ -193,6 +193,9 @@ async def make_web(
         probe = Probe()
         middleware.setdefault("exclude_paths", ["/health"])
         middleware.setdefault("optional_paths", ["/public"])
+        # Most tests here name the tenant by header, the shortest way to reach one;
+        # test_credentials.py covers the default, which requires a credential.
+        middleware.setdefault("trust_hints", True)
         app = TenantMiddleware(build_app(t, probe), t, resolvers(t), **middleware)
         client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://api.test"

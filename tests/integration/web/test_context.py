@@ -38,7 +38,9 @@ async def test_context_is_reset_when_the_app_raises(make_web: WebFactory) -> Non
 
     from tenantry.web import TenantMiddleware
 
-    middleware = TenantMiddleware(failing, web.t, [*web.app.chain.resolvers])
+    middleware = TenantMiddleware(
+        failing, web.t, [*web.app.chain.resolvers], trust_hints=web.app.trust_hints
+    )
     scope: dict[str, Any] = {
         "type": "http",
         "path": "/x",

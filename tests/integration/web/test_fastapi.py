@@ -27,6 +27,7 @@ def build(t: Tenantry) -> FastAPI:
                 TenantMiddleware,
                 tenantry=t,
                 resolvers=[HeaderResolver()],
+                trust_hints=True,
                 optional_paths=["/optional"],
             )
         ]

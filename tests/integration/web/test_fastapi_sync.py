@@ -35,7 +35,9 @@ class Seen:
 
 def build(t: Tenantry, seen: Seen) -> FastAPI:
     app = FastAPI(
-        middleware=[Middleware(TenantMiddleware, tenantry=t, resolvers=[HeaderResolver()])]
+        middleware=[
+            Middleware(TenantMiddleware, tenantry=t, resolvers=[HeaderResolver()], trust_hints=True)
+        ]
     )
     add_error_handlers(app)
 

@@ -261,7 +261,7 @@ async def test_lifespan_passes_through_untouched(make_web: WebFactory) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         seen.append(dict(scope))
 
-    middleware = TenantMiddleware(app, web.t, [HeaderResolver()])
+    middleware = TenantMiddleware(app, web.t, [HeaderResolver()], trust_hints=True)
 
     async def receive() -> Message:
         return {"type": "lifespan.startup"}

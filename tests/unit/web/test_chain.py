@@ -48,7 +48,9 @@ def test_agreeing_candidates_name_the_tenant() -> None:
     got = combine([Candidate("acme", "jwt", CREDENTIAL), Candidate("acme", "host", HINT)])
     assert got.tenant_id == "acme"
     assert got.authenticated
-    assert not combine([Candidate("acme", "host", HINT)]).authenticated
+    trusted = combine([Candidate("acme", "host", HINT)], require_credential=False)
+    assert trusted.tenant_id == "acme"
+    assert not trusted.authenticated
 
 
 def test_credential_against_a_hint_is_a_mismatch() -> None:
@@ -62,14 +64,18 @@ def test_credential_against_a_hint_is_a_mismatch() -> None:
 
 def test_hints_that_disagree_are_ambiguous() -> None:
     with pytest.raises(AmbiguousTenantError):
-        combine([Candidate("acme", "host", HINT), Candidate("globex", "header", HINT)])
+        combine(
+            [Candidate("acme", "host", HINT), Candidate("globex", "header", HINT)],
+            require_credential=False,
+        )
 
 
 async def test_chain_asks_every_resolver_in_order() -> None:
     first = Fixed("host", None)
     second = Fixed("header", Candidate("acme", "header", HINT))
     third = Fixed("other", None)
-    got = await ResolverChain([first, second, third]).resolve(RequestInfo.build())
+    chain = ResolverChain([first, second, third], require_credential=False)
+    got = await chain.resolve(RequestInfo.build())
     assert got.tenant_id == "acme"
     assert (first.asked, second.asked, third.asked) == (1, 1, 1)
 
