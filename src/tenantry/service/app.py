@@ -37,6 +37,7 @@ from tenantry.service.auth import Auth
 from tenantry.service.errors import error_body, status_for
 from tenantry.service.metrics import CONTENT_TYPE, ServiceMetrics
 from tenantry.service.monitor import Monitor
+from tenantry.service.origin import OriginGuard
 from tenantry.service.settings import ServiceSettings
 from tenantry.service.state import ServiceState, service_of
 from tenantry.tenancy.logs import get_logger
@@ -228,6 +229,8 @@ def create_app(
     )
     app.state.service = state
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    # Added last, so it runs first: a refused request is not even read.
+    app.add_middleware(OriginGuard, open_admin=settings.open_admin)
     app.include_router(api.router)
     app.include_router(dashboard.router)
     _add_docs(app)

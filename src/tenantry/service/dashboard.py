@@ -158,7 +158,10 @@ def security_headers(nonce: str) -> dict[str, str]:
         ),
         "X-Frame-Options": "DENY",
         "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
+        # Not "no-referrer": under it a browser sends ``Origin: null`` with the
+        # page's own form POSTs, which OriginGuard must refuse as cross-site.
+        # "same-origin" still sends nothing to other sites.
+        "Referrer-Policy": "same-origin",
         "Cache-Control": "no-store",
     }
 

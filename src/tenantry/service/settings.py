@@ -25,7 +25,9 @@ class ServiceSettings:
     ``insecure_dev``
         Allow running without an admin token: every admin endpoint is open.
         For a developer's own machine only (the CLI also refuses a
-        non-loopback address).
+        non-loopback address). Other web pages in the developer's browser are
+        kept out by :class:`~tenantry.service.origin.OriginGuard`: only
+        loopback ``Host`` names, and writes only from the service's own origin.
     ``metrics_token``
         A second token that opens ``/metrics`` only, for the Prometheus
         scraper, so it does not need the admin token. ``/metrics`` always

@@ -215,17 +215,23 @@ async def test_insecure_dev_opens_the_admin_routes_and_says_so(
     with caplog.at_level(logging.WARNING, logger="tenantry"):
         svc: Svc = await make_service("sqlite", admin_token=None, insecure_dev=True)
     assert any("INSECURE DEV MODE" in r.getMessage() for r in caplog.records)
-    listed = await svc.client.get("/api/v1/tenants")
-    assert listed.status_code == 200
-    created = await svc.client.post("/api/v1/tenants", json={"id": "devco"})
-    assert created.status_code == 201
-    assert (await svc.client.get("/metrics")).status_code == 200
-    # The dashboard logs in without asking, but its forms still need the CSRF token.
-    page = await svc.client.get("/dashboard/", follow_redirects=True)
-    assert page.status_code == 200
-    assert "INSECURE DEV MODE" in page.text
-    refused = await svc.client.post("/dashboard/tenants/devco/suspend", data={})
-    assert refused.status_code == 403
+    # Only loopback names are served, and writes need the service's own Origin
+    # (test_insecure_dev.py): this client is a browser page at 127.0.0.1.
+    local = "http://127.0.0.1:8000"
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=svc.app), base_url=local, headers={"Origin": local}
+    ) as client:
+        listed = await client.get("/api/v1/tenants")
+        assert listed.status_code == 200
+        created = await client.post("/api/v1/tenants", json={"id": "devco"})
+        assert created.status_code == 201
+        assert (await client.get("/metrics")).status_code == 200
+        # The dashboard logs in without asking, but its forms still need the CSRF token.
+        page = await client.get("/dashboard/", follow_redirects=True)
+        assert page.status_code == 200
+        assert "INSECURE DEV MODE" in page.text
+        refused = await client.post("/dashboard/tenants/devco/suspend", data={})
+        assert refused.status_code == 403
 
 
 def test_the_service_refuses_to_be_built_without_a_usable_token() -> None:
