@@ -49,20 +49,49 @@ def _filters(tenant_ids: Sequence[str]) -> list[str]:
     return [validate_tenant_id(t) for t in tenant_ids]
 
 
+def _run_options(verb: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The options an upgrade and a downgrade share: which targets, how many at once."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        for option in reversed(
+            (
+                click.option(
+                    "--parallel",
+                    "-p",
+                    default=1,
+                    show_default=True,
+                    type=click.IntRange(1, 64),
+                    help=f"Targets {verb} at once (threads, one connection each).",
+                ),
+                click.option(
+                    "--tenant",
+                    "tenant_ids",
+                    multiple=True,
+                    metavar="ID",
+                    help="Only these tenants.",
+                ),
+                click.option(
+                    "--store",
+                    "stores",
+                    multiple=True,
+                    metavar="S",
+                    help="Only tenants on these stores.",
+                ),
+                click.option(
+                    "--skip-failing",
+                    is_flag=True,
+                    help="Go on after a failure (reported; exit status 1).",
+                ),
+            )
+        ):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @click.group("migrate", invoke_without_command=True)
-@click.option(
-    "--parallel",
-    "-p",
-    default=1,
-    show_default=True,
-    type=click.IntRange(1, 64),
-    help="Targets migrated at once (threads, one connection each).",
-)
-@click.option("--tenant", "tenant_ids", multiple=True, metavar="ID", help="Only these tenants.")
-@click.option("--store", "stores", multiple=True, metavar="S", help="Only tenants on these stores.")
-@click.option(
-    "--skip-failing", is_flag=True, help="Go on after a failure (reported; exit status 1)."
-)
+@_run_options("migrated")
 @click.option(
     "--online",
     is_flag=True,
@@ -415,19 +444,7 @@ def migrate_revision(
 @migrate.command("downgrade", context_settings={"ignore_unknown_options": True})
 @click.argument("revision")
 @click.option("--global", "global_", is_flag=True, help="The global tables (default: tenants).")
-@click.option(
-    "--parallel",
-    "-p",
-    default=1,
-    show_default=True,
-    type=click.IntRange(1, 64),
-    help="Targets downgraded at once (threads, one connection each).",
-)
-@click.option("--tenant", "tenant_ids", multiple=True, metavar="ID", help="Only these tenants.")
-@click.option("--store", "stores", multiple=True, metavar="S", help="Only tenants on these stores.")
-@click.option(
-    "--skip-failing", is_flag=True, help="Go on after a failure (reported; exit status 1)."
-)
+@_run_options("downgraded")
 @click.option("--online", is_flag=True, help="Keep serving tenants while theirs runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.pass_obj
