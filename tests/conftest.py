@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 
 import tests.models  # noqa: F401  - registers the test tables on TenantBase/GlobalBase
 from tenantry import StoreConfig, Tenantry, TenantryConfig
+from tests.pgbouncer import pgbouncer, pgbouncer_server  # noqa: F401  - fixtures
 from tests.pgserver import Dropper, SuiteServer, connect, start_suite_server
 
 IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -48,7 +48,7 @@ def _run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
             '[stores.main]\nurl = "postgresql://app:hunter2@db/app"\npasword = "hunter2"\n',
             ["tenants", "list"],
             "stores.main.pasword: unknown key (expected one of: admin_url, database_prefix, "
-            "max_tenant_engines, pool_size, rls_role, url)",
+            "max_tenant_engines, pool_size, pooler, rls_role, url)",
         ),
     ],
 )

@@ -107,12 +107,12 @@ def test_passwords_never_reach_errors_or_logs(
         t = Tenantry(cfg)
         with pytest.raises(OperationalError) as info:
             t.setup()
-    assert t.default_store.engine().url.password == "s3cr3t-value"  # it was really used
+    assert t.default_store.admin_engine().url.password == "s3cr3t-value"  # it was really used
     assert "s3cr3t-value" not in str(info.value)
     assert "s3cr3t-value" not in caplog.text
     assert "s3cr3t-value" not in repr(t.default_store)
-    assert "s3cr3t-value" not in repr(t.default_store.engine().url)
-    assert "s3cr3t-value" not in str(t.default_store.engine().url)
+    assert "s3cr3t-value" not in repr(t.default_store.admin_engine().url)
+    assert "s3cr3t-value" not in str(t.default_store.admin_engine().url)
     t.close()
 
 
@@ -161,7 +161,7 @@ BAD_TOML = [
     (
         '[stores.main]\nurl = "sqlite://"\npasword = "hunter2"\n',
         "stores.main.pasword: unknown key (expected one of: admin_url, database_prefix, "
-        "max_tenant_engines, pool_size, rls_role, url)",
+        "max_tenant_engines, pool_size, pooler, rls_role, url)",
     ),
     (
         '[tenantry]\ncolour = "red"\n',
@@ -210,7 +210,7 @@ BAD_TOML = [
     (
         '[stores.main]\nurl = "sqlite://"\nname = "other"\n',
         "stores.main.name: unknown key (the table's name is the store's name; expected one of: "
-        "admin_url, database_prefix, max_tenant_engines, pool_size, rls_role, url)",
+        "admin_url, database_prefix, max_tenant_engines, pool_size, pooler, rls_role, url)",
     ),
 ]
 

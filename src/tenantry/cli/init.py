@@ -51,7 +51,8 @@ data_dir = {_toml_string(data_dir)}
 [stores.{DEFAULT_STORE}]
 url = {_toml_string(url)}
 # admin_url = "..."        # DDL and provisioning; defaults to url
-# rls_role = "tenantry_rls"
+# rls_role = "tenantry_rls" # with url alone: sessions log in as rls_role + "_" + database
+# pooler = "transaction"   # behind PgBouncer in transaction mode
 """
 
 

@@ -33,6 +33,7 @@ from pydantic import (
     Strict,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -58,6 +59,10 @@ DEFAULT_DATA_DIR = "./tenantry-data"
 CONFIG_FILE_NAME = "tenantry.toml"
 EMBEDDED_DEFAULT = "embedded default"
 _STORE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+#: ``pooler``: nothing between tenantry and PostgreSQL, or a transaction-mode pooler.
+POOLER_NONE = "none"
+POOLER_TRANSACTION = "transaction"
+POOLERS = frozenset({POOLER_NONE, POOLER_TRANSACTION})
 
 #: A TOML string; pydantic's lax mode would take other things for one.
 Text = Annotated[str, Strict()]
@@ -72,12 +77,24 @@ Seconds = Annotated[float, Strict(), Field(ge=0)]
 class StoreConfig:
     """A named place tenants are put on: one database server or SQLite location.
 
-    ``url`` is what sessions connect with. ``admin_url`` (default: ``url``) is
-    used for DDL and provisioning; on PostgreSQL give the application a role
-    that does not own the tables. ``rls_role`` is the non-owner role tenantry
-    switches to (``SET LOCAL ROLE``) in shared-mode transactions so row-level
-    security applies even when ``url`` logs in as the owner; set it to ``""``
-    when ``url`` already is such a role.
+    ``admin_url`` (default: ``url``) is used for DDL, provisioning, the catalog
+    and the queue's workers. On PostgreSQL tenant sessions never run as that
+    login: with ``admin_url`` set they use ``url``, which must own nothing and
+    bypass nothing; with ``url`` alone tenantry creates a session login named
+    ``<rls_role>_<database>`` and sessions use it. With ``admin_url``,
+    ``rls_role`` names a role that holds the grants (``""``: grant ``url``'s
+    login directly).
+
+    ``pooler`` says what sits between tenantry and PostgreSQL: ``"none"`` (the
+    default) or ``"transaction"``, a transaction-mode pooler such as PgBouncer.
+    Such a pooler gives each transaction whichever server connection is free,
+    so nothing may outlive a transaction on a connection: with
+    ``"transaction"`` psycopg never prepares statements (their names would
+    collide across server connections, and a prepared plan could run for
+    another tenant), the queue's claim settings are set per transaction
+    instead of as startup ``options`` (which PgBouncer refuses), and workers
+    poll instead of LISTENing (notifications would reach a connection nobody
+    listens on).
     """
 
     name: Text
@@ -87,6 +104,7 @@ class StoreConfig:
     max_tenant_engines: Count = 16
     pool_size: Count = 5
     database_prefix: Text | None = None
+    pooler: Text = POOLER_NONE
 
     @field_validator("name")
     @classmethod
@@ -111,6 +129,28 @@ class StoreConfig:
                 "or sqlite:///path/to/file.db"
             ) from None
         check_dialect(url)
+        if "prepare_threshold" in url.query:
+            # SQLAlchemy hands URL query values to psycopg as text, which psycopg
+            # compares with a count: the setting would break every statement.
+            raise ValueError(
+                "prepare_threshold in the URL reaches psycopg as text and breaks it: "
+                'remove it (behind PgBouncer, set pooler = "transaction" to turn '
+                "prepared statements off)"
+            )
+        return value
+
+    @field_validator("pooler")
+    @classmethod
+    def _check_pooler(cls, value: str, info: ValidationInfo) -> str:
+        if value not in POOLERS:
+            raise ValueError('expected "none" or "transaction" (a transaction-mode PgBouncer)')
+        url = info.data.get("url")
+        if value != POOLER_NONE and isinstance(url, str):
+            dialect = parse_url(url, expand=False).get_backend_name()
+            if dialect != "postgresql":
+                raise ValueError(
+                    f"a pooler applies to PostgreSQL stores only (this one is {dialect})"
+                )
         return value
 
     @field_validator("rls_role")
@@ -150,6 +190,11 @@ class StoreConfig:
     @property
     def masked_url(self) -> str:
         return mask_url(self.url)
+
+    @property
+    def transaction_pooled(self) -> bool:
+        """Whether a transaction-mode pooler sits in front of the server (``pooler``)."""
+        return self.pooler == POOLER_TRANSACTION
 
 
 @raising_config_error
@@ -349,6 +394,8 @@ __all__ = [
     "CONFIG_FILE_NAME",
     "DEFAULT_DATA_DIR",
     "DEFAULT_STORE",
+    "POOLER_NONE",
+    "POOLER_TRANSACTION",
     "StoreConfig",
     "TenantryConfig",
     "TenantryEnvironment",

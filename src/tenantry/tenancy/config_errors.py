@@ -25,7 +25,15 @@ from tenantry.tenancy.urls import mask_url
 FROZEN_FORBID = ConfigDict(extra="forbid")
 
 STORE_KEYS = frozenset(
-    {"url", "admin_url", "rls_role", "max_tenant_engines", "pool_size", "database_prefix"}
+    {
+        "url",
+        "admin_url",
+        "rls_role",
+        "max_tenant_engines",
+        "pool_size",
+        "database_prefix",
+        "pooler",
+    }
 )
 TOP_KEYS = frozenset(
     {

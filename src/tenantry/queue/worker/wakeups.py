@@ -2,7 +2,10 @@
 
 PostgreSQL store databases: a LISTEN connection per database (enqueues
 NOTIFY). SQLite: an in-process signal fired when an enqueue commits. A
-tenant database on PostgreSQL has no listener; it is polled adaptively.
+tenant database on PostgreSQL has no listener; it is polled adaptively. Nor
+has a store behind a transaction-mode pooler (``pooler = "transaction"``):
+LISTEN holds a session, which such a pooler does not keep, so notifications
+would go to a server connection nobody reads; its sources are polled.
 """
 
 from __future__ import annotations
@@ -33,12 +36,16 @@ class Wakeups:
         self._unsubscribe: list[Callable[[], None]] = []
         self._reconnect = ExponentialBackoff(0.5, 30.0)
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Stores already reported as polled because of their pooler.
+        self._pooled_noted: set[str] = set()
 
     def watch(self, source: JobSource) -> None:
         """Start waking the claim loop for *source* (called on the event loop)."""
         self._loop = asyncio.get_running_loop()
         if source.store.is_postgres:
-            if (
+            if source.store.config.transaction_pooled:
+                self._note_pooled(source)
+            elif (
                 self._rt.options.listen
                 and source.tenant_id is None
                 and source.key not in self._listeners
@@ -51,6 +58,19 @@ class Wakeups:
             self._unsubscribe.append(
                 wakeups.subscribe(db, functools.partial(self._wake_threadsafe, source.key))
             )
+
+    def _note_pooled(self, source: JobSource) -> None:
+        """Say once per store that it is polled, not listened to, and why."""
+        name = source.store.name
+        if name in self._pooled_noted:
+            return
+        self._pooled_noted.add(name)
+        log.info(
+            "store %s is behind a transaction pooler: "
+            "polling for jobs every %g s instead of LISTEN",
+            name,
+            self._rt.options.poll_interval,
+        )
 
     def unwatch(self, key: str) -> None:
         listener = self._listeners.pop(key, None)

@@ -14,6 +14,7 @@ from tenantry.queue.drivers.postgres.queries import (
     CLAIM_SESSION_OPTIONS,
     CLAIM_SESSION_SETTINGS,
     GENERIC_PLANS,
+    SETTINGS_PER_TRANSACTION,
 )
 
 if TYPE_CHECKING:
@@ -33,5 +34,6 @@ __all__ = [
     "CLAIM_SESSION_OPTIONS",
     "CLAIM_SESSION_SETTINGS",
     "GENERIC_PLANS",
+    "SETTINGS_PER_TRANSACTION",
     "PostgresDriver",
 ]

@@ -38,6 +38,14 @@ CLAIM_SESSION_OPTIONS = " ".join(f"-c {k}={v}" for k, v in CLAIM_SESSION_SETTING
 GENERIC_PLANS = "tenantry_generic_plans"
 #: The settings for one transaction, on a connection that lacks them.
 CLAIM_SET_LOCAL = "; ".join(f"SET LOCAL {k} = {v}" for k, v in CLAIM_SESSION_SETTINGS.items())
+#: Execution option of engines behind a transaction-mode pooler: no startup
+#: ``options`` (refused), no session settings (lost), so each claim
+#: transaction opens with ``CLAIM_BEGIN``.
+SETTINGS_PER_TRANSACTION = "tenantry_claim_settings_per_transaction"
+#: ``BEGIN`` and the settings, transaction-local, in one simple-protocol round trip.
+CLAIM_BEGIN = "BEGIN; SELECT " + ", ".join(
+    f"pg_catalog.set_config('{k}', '{v}', true)" for k, v in CLAIM_SESSION_SETTINGS.items()
+)
 
 Variants = tuple[str, str, str, str]
 
