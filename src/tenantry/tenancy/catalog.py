@@ -4,7 +4,9 @@ The catalog is a table in the catalog store's database (``tenantry.tenantry_tena
 PostgreSQL). Every tenant-bound session looks its tenant up here, so reads go
 through an in-process cache: entries expire after ``ttl`` seconds (the bound on
 how stale another process's change can look) and local writes invalidate them
-at once.
+at once. On PostgreSQL, triggers on the catalog tables notify every change, and
+each process drops the changed entries as the notification arrives
+(:mod:`tenantry.tenancy.invalidation`); the TTL remains the fallback.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from sqlalchemy.exc import IntegrityError
 
 from tenantry.errors import TenantExistsError, TenantNotFoundError, TenantryError, TenantStateError
 from tenantry.tenancy.ids import validate_tenant_id
+from tenantry.tenancy.invalidation import install_triggers
 from tenantry.tenancy.models import TENANTRY_SCHEMA
 
 
@@ -186,8 +189,11 @@ class Catalog:
         *,
         ttl: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        on_ready: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
+        #: Called once the catalog is first used (the facade starts listening for changes).
+        self._on_ready = on_ready
         self.ttl = ttl
         self._clock = clock
         self._cache: dict[str, tuple[float, Tenant]] = {}
@@ -211,6 +217,10 @@ class Catalog:
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
                 conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {TENANTRY_SCHEMA}")
             catalog_metadata.create_all(conn, checkfirst=True)
+            if conn.dialect.name == "postgresql":
+                install_triggers(conn, tenants_table, api_keys_table)
+        if self._on_ready is not None:
+            self._on_ready()  # before _ready: no read may overtake it
         self._ready = True
 
     # -- cache --------------------------------------------------------------
@@ -268,8 +278,19 @@ class Catalog:
                 return self._statuses.get(tenant_id)
         return None
 
-    def _remember(self, tenant: Tenant) -> Tenant:
+    def _remember(self, tenant: Tenant, began: float | None = None) -> Tenant:
+        """Cache *tenant*, read from the database since *began*.
+
+        Not if it was invalidated since the read began: the row read may be
+        the one the invalidation was about (a change pushed from another
+        process while the read ran), and caching it would keep it for a TTL.
+        """
         with self._lock:
+            if began is not None and (
+                self._invalidated.get(None, -1.0) >= began
+                or self._invalidated.get(tenant.id, -1.0) >= began
+            ):
+                return tenant
             self._cache[tenant.id] = (self._clock() + self.ttl, tenant)
         return tenant
 
@@ -290,11 +311,12 @@ class Catalog:
             hit = self.get_cached(tenant_id)
             if hit is not None:
                 return hit
+        began = self._clock()
         found = self.find(tenant_id)
         if found is None:
             self.invalidate(tenant_id)
             raise TenantNotFoundError(f"tenant {tenant_id!r} does not exist")
-        return self._remember(found)
+        return self._remember(found, began)
 
     def find(self, tenant_id: str) -> Tenant | None:
         """Uncached lookup that returns ``None`` for an unknown tenant."""
@@ -319,12 +341,13 @@ class Catalog:
         if not missing:
             return
         self.ensure_schema()
+        began = self._clock()
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(tenants_table).where(tenants_table.c.id.in_(missing))
             ).mappings()
             for row in rows:
-                self._remember(_row_to_tenant(row))
+                self._remember(_row_to_tenant(row), began)
 
     def list(
         self,

@@ -34,14 +34,17 @@ _OPEN_BEFORE = text(
 def drain(tenantry: Tenancy, tenant: Tenant, timeout: float) -> None:
     """Wait until nothing can still write to the paused tenant's old copy.
 
-    Other processes serve from their catalog cache for up to its TTL, and a
+    Other processes serve from their catalog cache for up to its TTL (or,
+    where catalog changes are pushed, until the pause's notification reaches
+    them: :meth:`~tenantry.tenancy.facade.Tenancy.catalog_staleness`), and a
     job claimed before the pause runs to its end: its result must be in the
     copy, not lost with the old one. Then, on PostgreSQL, transactions that
     began before that are waited for (a session opened just before the pause
     may still commit): what they write must be in the delta's snapshot.
     """
-    deadline = time.monotonic() + max(timeout, tenantry.config.catalog_cache_ttl)
-    time.sleep(tenantry.config.catalog_cache_ttl)
+    stale = tenantry.catalog_staleness()  # the TTL, or far less where changes are pushed
+    deadline = time.monotonic() + max(timeout, stale)
+    time.sleep(stale)
     source = source_of(tenant, tenantry.store(tenant.store))
     engine = source.engine(write=False)
     polls = 0
