@@ -191,6 +191,10 @@ COMMANDS: Mapping[str, LazyCommand] = {
     "api-keys": LazyCommand(
         "tenantry.cli.keys:api_keys", "Issue, list and revoke tenants' API keys."
     ),
+    "doctor": LazyCommand(
+        "tenantry.cli.doctor:doctor",
+        "Check every store and tenant for holes in the isolation wall; exit 1 if any.",
+    ),
 }
 
 
