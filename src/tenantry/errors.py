@@ -78,6 +78,26 @@ class UnsupportedIsolation(TenantryError):
     """The store's database does not support this isolation mode."""
 
 
+class IsolationError(TenantryError):
+    """An operation would weaken tenant isolation, so it is refused.
+
+    Raised, for example, when a tenant connection is switched to AUTOCOMMIT
+    (its per-transaction tenant binding would not run), or when a store's
+    session login could bypass row-level security (a superuser, a BYPASSRLS
+    role or the owner of tenant tables).
+    """
+
+
+class UnguardedStatementError(IsolationError):
+    """A statement would reach tenant tables without tenantry's tenant filter, so it is refused.
+
+    On SQLite shared tables nothing but tenantry's ORM hooks keeps tenants
+    apart: raw ``text()`` SQL, Core statements on tenant ``Table`` objects and
+    ``ATTACH`` are refused unless the statement opts out by name with the
+    ``tenantry_unguarded`` execution option.
+    """
+
+
 class CrossTenantAccessError(TenantryError):
     """An operation tried to read or write another tenant's rows."""
 

@@ -244,7 +244,8 @@ def test_a_database_recreated_under_the_same_name_is_never_read_through_an_old_c
     def forget_then_race(tenant_id: str) -> None:
         forget(tenant_id)
         if not raced:  # the first call: the database is still there
-            with store.tenant_engine(tenant_id).connect() as conn:
+            engine = strategy_for("database").engine(store, tenant_id)  # bound to the tenant
+            with engine.connect() as conn:
                 raced.append(conn.execute(select(func.count()).select_from(Note)).scalar_one())
 
     monkeypatch.setattr(store, "forget_tenant_engines", forget_then_race)
@@ -348,6 +349,7 @@ def test_the_status_listing_is_fresh_for_the_ttl_and_yields_to_local_writes(
     for tenant_id in ("acme", "globex", "initech"):
         t.create_tenant(tenant_id)
     other = make_tenantry(backend, t.config)  # a worker's process on the same catalog
+    other.push.stop()  # the TTL alone; pushed changes are tested in test_push_invalidation.py
     other.catalog._clock = lambda: now[0]
     catalog = other.catalog
     assert catalog.status_cached("acme") is None  # nothing listed yet

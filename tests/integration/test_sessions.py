@@ -211,7 +211,8 @@ def test_schema_mode_raw_sql_uses_the_tenant_schema(make_tenantry: TenantryFacto
     with tenant_context("acme"), t.session() as s:
         rows = s.execute(text("SELECT DISTINCT tenant_id FROM notes")).scalars().all()
         assert rows == ["acme"]
-        assert s.execute(text("SHOW search_path")).scalar() == '"t_acme", public'
+        # pg_temp last: a temporary table never shadows the tenant's tables.
+        assert s.execute(text("SHOW search_path")).scalar() == '"t_acme", public, pg_temp'
     # SET LOCAL vanished with the transaction: the pooled connection is clean again.
     with t.default_store.engine().connect() as conn:
         assert conn.execute(text("SHOW search_path")).scalar() == '"$user", public'

@@ -36,9 +36,13 @@ def password_server() -> Iterator[PgCluster]:
         with cluster.connect() as conn:
             conn.execute("SET password_encryption = 'scram-sha-256'")
             conn.execute(
-                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.SQL("CREATE ROLE {} LOGIN CREATEROLE PASSWORD {}").format(
                     sql.Identifier(ROLE), sql.Literal(SECRET)
                 )
+            )
+            # The one-URL set-up: this login creates tenantry's schema and session login.
+            conn.execute(
+                sql.SQL("GRANT CREATE ON DATABASE postgres TO {}").format(sql.Identifier(ROLE))
             )
         (cluster.datadir / "pg_hba.conf").write_text(
             "local all all trust\n"
@@ -61,11 +65,15 @@ def test_the_secret_logs_in(password_server: PgCluster, monkeypatch: pytest.Monk
     monkeypatch.setenv("TT_NASTY_PW", SECRET)
     t = _tenantry(password_server)
     try:
-        for engine in (t.default_store.engine(), t.default_store.admin_engine()):
-            with engine.connect() as conn:
-                assert conn.execute(text("SELECT current_user")).scalar() == ROLE
-            assert engine.url.password == SECRET
-            assert (engine.url.host, engine.url.port) == ("127.0.0.1", password_server.port)
+        admin = t.default_store.admin_engine()
+        with admin.connect() as conn:
+            assert conn.execute(text("SELECT current_user")).scalar() == ROLE
+        assert admin.url.password == SECRET
+        assert (admin.url.host, admin.url.port) == ("127.0.0.1", password_server.port)
+        # Sessions log in as the login tenantry created, with its derived password.
+        with t.default_store.engine().connect() as conn:
+            login = conn.execute(text("SELECT current_user")).scalar()
+        assert login == t.default_store.session_login != ROLE
     finally:
         t.close()
 
@@ -77,7 +85,8 @@ async def test_the_secret_logs_in_async(
     t = _tenantry(password_server)
     try:
         async with t.default_store.async_engine().connect() as conn:
-            assert (await conn.execute(text("SELECT current_user"))).scalar() == ROLE
+            login = (await conn.execute(text("SELECT current_user"))).scalar()
+            assert login == t.default_store.session_login
     finally:
         await t.aclose()
 
@@ -92,10 +101,10 @@ def test_a_wrong_password_is_refused_without_showing_either(
     t = _tenantry(password_server)
     try:
         with caplog.at_level(logging.DEBUG), pytest.raises(OperationalError) as info:
-            t.default_store.engine().connect()  # the login is refused
+            t.default_store.admin_engine().connect()  # the login is refused
         message = str(info.value)
         assert "password authentication failed" in message
-        engine_url = t.default_store.engine().url
+        engine_url = t.default_store.admin_engine().url
         for shown in (
             message,
             caplog.text,

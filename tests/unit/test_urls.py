@@ -130,7 +130,7 @@ def test_secrets_stay_out_of_reprs_and_errors(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("TT_NASTY", NASTY)
     config = StoreConfig("main", "postgresql://app:${TT_NASTY}@127.0.0.1:1/app")
     store = Store(config)
-    url = store.url(admin=False, is_async=False)
+    url = store.url(admin=True, is_async=False)  # the configured login
     assert url.password == NASTY
     assert url.host == "127.0.0.1"
     for text in (repr(config), repr(store), repr(url), str(url), mask_url(url)):

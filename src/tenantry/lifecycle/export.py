@@ -27,7 +27,7 @@ from tenantry.lifecycle.archive.format import (
     write_manifest,
     write_rows,
 )
-from tenantry.lifecycle.rowcopy import BATCH, act_as, tenant_engine, tenant_filter
+from tenantry.lifecycle.rowcopy import BATCH, tenant_engine, tenant_filter
 from tenantry.queue.job import PENDING_STATES
 from tenantry.queue.schema import jobs_table
 from tenantry.tenancy.catalog import Tenant, TenantStatus
@@ -104,7 +104,6 @@ def export_tenant(
     try:
         with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             with engine.begin() as conn:
-                act_as(conn, tenant.id)
                 revision = None
                 if history is not None:
                     schema = strategy_for(tenant.isolation).data_schema(tenant.id)

@@ -37,13 +37,6 @@ def tenant_engine(store: Store, tenant: Tenant) -> tuple[Engine, bool]:
     return strategy.admin_engine(store, tenant.id), strategy.own_database
 
 
-def act_as(conn: Connection, tenant_id: str) -> None:
-    """The RLS tenant of this transaction (the admin may be subject to FORCE RLS)."""
-    if conn.dialect.name == "postgresql":
-        sql, params = pg.session_setup(tenant_id, "", "public")
-        conn.execute(text(sql), params)
-
-
 def tenant_filter(table: Table, tenant: Tenant) -> Any:
     # Rows of other tenants share the tables only in shared mode, but the
     # filter is right everywhere: every tenant table carries tenant_id.
@@ -74,7 +67,6 @@ def load_rows(
     counts: dict[str, int] = {}
     try:
         with engine.begin() as conn:
-            act_as(conn, tenant.id)
             new_ids: KeyMaps = {}
             for table in tables:
                 counts[table.name] = _load_table(

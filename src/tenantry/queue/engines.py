@@ -13,7 +13,11 @@ from sqlalchemy import Engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tenantry.queue.drivers.postgres import CLAIM_SESSION_OPTIONS, GENERIC_PLANS
+from tenantry.queue.drivers.postgres import (
+    CLAIM_SESSION_OPTIONS,
+    GENERIC_PLANS,
+    SETTINGS_PER_TRANSACTION,
+)
 from tenantry.tenancy.engines import EngineRole
 from tenantry.tenancy.store import Store
 
@@ -84,10 +88,20 @@ def claim_engine(store: Store) -> Engine:
     """
     if not store.is_postgres:
         return store.admin_engine()
+    if store.config.transaction_pooled:
+        # A transaction pooler refuses startup ``options`` and would lose
+        # session settings anyway: each claim transaction sets them for
+        # itself (``PostgresDriver.claim_connection``).
+        return store.engines.get(
+            CLAIM,
+            lambda: store.make_engine(
+                store.url(admin=True, is_async=False), small=True, ping=False
+            ).execution_options(**{SETTINGS_PER_TRANSACTION: True}),
+        )
     return store.engines.get(
         CLAIM,
         lambda: store.make_engine(
-            store.url(admin=store.has_admin_url, is_async=False),
+            store.url(admin=True, is_async=False),
             small=True,
             ping=False,
             connect_args={"options": CLAIM_SESSION_OPTIONS},
@@ -106,7 +120,7 @@ def enqueue_engine(store: Store, tenant_id: str | None = None) -> Engine:
         if tenant_id is None:
             return store.admin_engine()
         return store.tenant_engine(tenant_id, admin=True)
-    admin = store.has_admin_url
+    admin = True  # the worker claims across tenants: never as the session login
     if tenant_id is not None:
         store.tenant_database_name(tenant_id)  # refused before anything is cached
         return store.engines.tenant(
@@ -130,7 +144,7 @@ def queue_async_engine(store: Store, tenant_id: str | None = None) -> AsyncEngin
     dead connection fails, SQLAlchemy invalidates the pool, and the worker
     retries with backoff.
     """
-    admin = store.has_admin_url
+    admin = True  # the worker claims across tenants: never as the session login
     if tenant_id is not None:
         store.tenant_database_name(tenant_id)  # refused before anything is cached
         return store.engines.tenant(

@@ -119,7 +119,9 @@ class StoreEngines:
     """Every engine of one store, by role; made on first use by the caller's factory."""
 
     def __init__(self, tenant_capacity: int) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: making one engine may need another (the app engine's URL
+        # needs the session login, which the admin engine sets up).
+        self._lock = threading.RLock()
         self._own: dict[EngineRole[Any], Any] = {}
         self.tenant_sync: EngineLRU[Engine] = EngineLRU(tenant_capacity, retire)
         self.tenant_async: EngineLRU[AsyncEngine] = EngineLRU(

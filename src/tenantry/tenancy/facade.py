@@ -34,11 +34,14 @@ from tenantry.tenancy.config import TenantryConfig, load_config
 from tenantry.tenancy.context import current_tenant
 from tenantry.tenancy.hooks import NO_HOOKS, TenantHooks, VersionHistory
 from tenantry.tenancy.ids import validate_tenant_id
+from tenantry.tenancy.invalidation import PushInvalidation
 from tenantry.tenancy.isolation import IsolationStrategy, strategy_for
+from tenantry.tenancy.isolation import postgres as pg
 from tenantry.tenancy.logs import get_logger
 from tenantry.tenancy.models import TENANT_ID_COLUMN, GlobalBase, TenantBase, is_tenant_table
 from tenantry.tenancy.routing import GLOBAL_ROUTE, global_route
 from tenantry.tenancy.session import TenantSession
+from tenantry.tenancy.sqlite_guard import register_tenant_tables
 from tenantry.tenancy.store import Store
 
 if TYPE_CHECKING:
@@ -103,12 +106,39 @@ class Tenancy:
             global_metadata, self.config.global_metadata, GlobalBase.metadata
         )
         self._check_tenant_tables()
+        register_tenant_tables(self.tenant_metadata)  # the SQLite guard must know them
         self.stores = {name: Store(cfg, hooks) for name, cfg in self.config.stores.items()}
+        catalog_store = self.stores[self.config.catalog_store_name]
         self.catalog = Catalog(
-            self.stores[self.config.catalog_store_name].admin_engine(),
+            catalog_store.admin_engine(),
+            ttl=self.config.catalog_cache_ttl,
+            on_ready=self._catalog_ready,
+        )
+        #: Catalog changes of other processes, pushed (PostgreSQL; started on first use).
+        self.push = PushInvalidation(
+            catalog_store,
+            self.catalog.invalidate,
+            self._invalidate_api_key,
             ttl=self.config.catalog_cache_ttl,
         )
         self._set_up = False
+
+    def _catalog_ready(self) -> None:
+        self.push.start()
+
+    def _invalidate_api_key(self, key_id: str | None) -> None:
+        keys = self.__dict__.get("api_keys")  # only if made: nothing is cached otherwise
+        if keys is not None:
+            keys.invalidate(key_id)
+
+    def catalog_staleness(self) -> float:
+        """How long other processes may still act on a catalog change committed now (seconds).
+
+        ``catalog_cache_ttl``, or far less where changes are pushed to every
+        process (:mod:`tenantry.tenancy.invalidation`). What a move waits
+        after pausing a tenant before it takes the tenant's data as settled.
+        """
+        return self.push.staleness()
 
     @staticmethod
     def _metadata(given: Any, ref: str | None, default: MetaData) -> MetaData:
@@ -147,10 +177,15 @@ class Tenancy:
         self.catalog.ensure_schema()
         if self._set_up:
             return
-        with self.default_store.admin_engine().begin() as conn:
+        store = self.default_store
+        if store.is_postgres:
+            store.prepare_wall()  # global sessions run as the session login it sets up
+        with store.admin_engine().begin() as conn:
             existing = set(inspect(conn).get_table_names())
             fresh = not existing & {t.name for t in self.global_metadata.sorted_tables}
             self.global_metadata.create_all(conn, checkfirst=True)
+            if store.is_postgres:
+                pg.grant_access(conn, "public", store.session_grantee)
             history = self.global_history
             if fresh and history is not None and history.current(conn, None) is None:
                 history.stamp(conn, None)
@@ -178,10 +213,12 @@ class Tenancy:
         return ApiKeys(self.catalog)
 
     def close(self) -> None:
+        self.push.stop()
         for store in self.stores.values():
             store.dispose()
 
     async def aclose(self) -> None:
+        await asyncio.to_thread(self.push.stop)
         for store in self.stores.values():
             await store.adispose()
 
@@ -369,7 +406,6 @@ class Tenancy:
             "info": {
                 "tenantry_tenant_id": tid,
                 "tenantry_filter_rows": placement.strategy.filters_rows,
-                "tenantry_tx_setup": placement.strategy.transaction_setup(placement.store, tid),
                 GLOBAL_ROUTE: global_route(
                     self.global_metadata, tid, globals_engine, reaches_globals=reaches
                 ),

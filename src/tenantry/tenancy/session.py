@@ -7,8 +7,11 @@ A :class:`TenantSession` is an ordinary SQLAlchemy ``Session`` with three hooks:
   (this also covers relationship loads, joins and aliases);
 * ``before_flush`` stamps new tenant-scoped objects with the tenant and refuses
   objects that belong to, or are moved to, another tenant;
-* ``after_begin`` runs the isolation mode's per-transaction SQL (on PostgreSQL:
-  the tenant GUC for RLS, the non-owner role and the ``search_path``).
+* ``after_begin`` checks that the tenant in context is still the session's.
+
+On PostgreSQL the tenant binding itself is not a session hook: the session's
+engine carries it, and every transaction on its connections starts with it
+(:mod:`tenantry.tenancy.binding`).
 
 When the tenant's tables are not in the database holding the global tables
 (a database of its own, or another store), ``get_bind`` sends statements on
@@ -21,19 +24,31 @@ across tenants by accident.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from contextvars import ContextVar
 from typing import Any
 
-from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, with_loader_criteria
 from sqlalchemy.orm import attributes as orm_attributes
 
 from tenantry.errors import CrossTenantAccessError
 from tenantry.tenancy.context import current_tenant_or_none
-from tenantry.tenancy.models import TenantScoped
+from tenantry.tenancy.models import TenantScoped, is_tenant_table
 from tenantry.tenancy.routing import GLOBAL_ROUTE, GlobalRoute
 
 #: Execution option that lifts the shared-table filter for one statement.
 ALL_TENANTS = "tenantry_all_tenants"
+#: Execution option that lets one statement past the SQLite guard
+#: (:mod:`tenantry.tenancy.sqlite_guard`): raw SQL and Core statements on tenant
+#: tables, and ``ATTACH``. Tenantry's admin engine carries it.
+UNGUARDED = "tenantry_unguarded"
+#: Execution option tenantry sets on the ORM statements it filtered or stamped;
+#: only :data:`VOUCHED_TOKEN` counts, so a caller cannot forge it by name.
+VOUCHED = "tenantry_vouched"
+VOUCHED_TOKEN: Any = object()
+#: Set while a :class:`TenantSession` flushes (its objects were stamped and checked).
+FLUSHING: ContextVar[bool] = ContextVar("tenantry_flushing", default=False)
 
 
 class TenantSession(Session):
@@ -56,6 +71,14 @@ class TenantSession(Session):
         if bind is None and isinstance(route, GlobalRoute) and route.is_global(mapper, clause):
             return route.engine
         return super().get_bind(mapper, clause=clause, bind=bind, **kw)
+
+    def flush(self, objects: Sequence[Any] | None = None) -> None:
+        """Flush, marked so the SQLite guard lets the unit of work's statements through."""
+        token = FLUSHING.set(True)
+        try:
+            super().flush(objects)
+        finally:
+            FLUSHING.reset(token)
 
 
 def _session_tenant(session: Session) -> str | None:
@@ -81,6 +104,8 @@ def _filter_rows(state: ORMExecuteState) -> None:
         _guard_bulk_parameters(state, tenant_id)
     if not state.session.info.get("tenantry_filter_rows"):
         return
+    if state.is_insert and _stamped_insert(state):
+        state.update_execution_options(**{VOUCHED: VOUCHED_TOKEN})
     if not (state.is_select or state.is_update or state.is_delete):
         return
     if state.execution_options.get(ALL_TENANTS, False):
@@ -92,6 +117,35 @@ def _filter_rows(state: ORMExecuteState) -> None:
             include_aliases=True,
             track_closure_variables=True,
         )
+    )
+    # Only ORM statements get the criteria (a Core statement on a Table does
+    # not), and ORM bulk UPDATE by primary key (a list of rows) ignores them.
+    if (
+        state.is_orm_statement
+        and not isinstance(state.parameters, list)
+        and all(_filterable(m) for m in state.all_mappers)
+    ):
+        state.update_execution_options(**{VOUCHED: VOUCHED_TOKEN})
+
+
+def _filterable(mapper: Any) -> bool:
+    """A TenantScoped class (the criteria reach it), or one on no tenant table."""
+    return issubclass(mapper.class_, TenantScoped) or not any(
+        is_tenant_table(t) for t in mapper.tables
+    )
+
+
+def _stamped_insert(state: ORMExecuteState) -> bool:
+    """Whether an ORM INSERT writes only rows stamped and checked by ``_guard_bulk_parameters``.
+
+    ``INSERT … FROM SELECT`` is not: its rows come from a query tenantry did not filter.
+    """
+    mapper = state.bind_mapper
+    return (
+        state.is_orm_statement
+        and mapper is not None
+        and issubclass(mapper.class_, TenantScoped)
+        and getattr(state.statement, "select", None) is None
     )
 
 
@@ -153,14 +207,7 @@ def _stamp_and_guard(session: Session, _ctx: Any, _instances: Any) -> None:
 
 
 @event.listens_for(TenantSession, "after_begin")
-def _setup_transaction(session: Session, _tx: SessionTransaction, conn: Connection) -> None:
+def _check_transaction(session: Session, _tx: SessionTransaction, _conn: Connection) -> None:
     tenant_id = _session_tenant(session)
     if tenant_id is not None:
         _check_context(session, tenant_id)
-    route = session.info.get(GLOBAL_ROUTE)
-    if isinstance(route, GlobalRoute) and conn.engine is route.engine:
-        return  # the global tables' database: as a global session, no tenant setup
-    setup = session.info.get("tenantry_tx_setup")
-    if setup is not None:
-        sql, params = setup
-        conn.execute(text(sql), params)

@@ -24,7 +24,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from tenantry.errors import ConfigError, UnsupportedIsolation
+from tenantry.errors import ConfigError, IsolationError, UnsupportedIsolation
+from tenantry.tenancy.binding import Binder, bind_transactions
 from tenantry.tenancy.config import StoreConfig
 from tenantry.tenancy.engines import (
     ADMIN,
@@ -39,6 +40,8 @@ from tenantry.tenancy.hooks import NO_HOOKS, TenantHooks
 from tenantry.tenancy.ids import validate_identifier, validate_tenant_id
 from tenantry.tenancy.logs import get_logger
 from tenantry.tenancy.models import TENANT_SCHEMA, TENANTRY_SCHEMA
+from tenantry.tenancy.session import UNGUARDED
+from tenantry.tenancy.sqlite_guard import install_guard
 from tenantry.tenancy.urls import ASYNC_DRIVERS, SUPPORTED_DIALECTS, SYNC_DRIVERS, driver_note
 
 log = get_logger(__name__)
@@ -51,14 +54,19 @@ TENANT_ADMIN: EngineRole[Engine] = EngineRole("tenant admin")
 TENANT_ASYNC_APP: EngineRole[AsyncEngine] = EngineRole("tenant async app", is_async=True)
 
 
-def _sqlite_connect_hooks(engine: Engine) -> None:
-    """WAL, a busy timeout and real transactions for SQLite.
+def _sqlite_connect_hooks(engine: Engine, *, tenant_tables: bool = True) -> None:
+    """WAL, a busy timeout, real transactions and the guard for SQLite.
 
     pysqlite's own transaction handling defers BEGIN and never emits it for
     reads; tenantry needs ``BEGIN`` (and, for the queue, ``BEGIN IMMEDIATE``)
     under its control, so the driver's handling is switched off and SQLAlchemy's
     ``begin`` event emits it (the recipe from SQLAlchemy's SQLite docs).
+
+    The guard (:mod:`tenantry.tenancy.sqlite_guard`) refuses ``ATTACH`` and,
+    with *tenant_tables* (the store's database, which holds shared tenants),
+    statements reaching tenant tables without tenantry's filter.
     """
+    install_guard(engine, guard_tables=tenant_tables)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -94,6 +102,8 @@ class Store:
         #: Every engine this store made, by role.
         self.engines = StoreEngines(config.max_tenant_engines)
         self.prepared_shared_tables = False
+        #: The tenant binding's key holder, once the wall is prepared (PostgreSQL).
+        self.binder: Binder | None = None
 
     def _note_drivers(self) -> None:
         """Say once, when a URL names a driver that tenantry replaces by its own (psycopg 3)."""
@@ -114,13 +124,46 @@ class Store:
         return {TENANT_SCHEMA: None, TENANTRY_SCHEMA: TENANTRY_SCHEMA if self.is_postgres else None}
 
     @property
-    def distinct_app_user(self) -> str | None:
-        """The login of ``url`` when an ``admin_url`` is set (it gets SET ROLE rights)."""
-        return None if self.config.admin_url is None else self.config.parsed_url().username
-
-    @property
     def has_admin_url(self) -> bool:
         return self.config.admin_url is not None
+
+    # -- who tenant sessions are (PostgreSQL) -------------------------------------
+    @property
+    def owns_session_login(self) -> bool:
+        """Whether tenantry creates the session login (one URL: it is the admin's)."""
+        return self.is_postgres and not self.has_admin_url
+
+    @property
+    def session_login(self) -> str:
+        """The login tenant and global sessions connect as."""
+        if not self.owns_session_login:
+            return self.config.parsed_url().username or ""
+        role = self.config.rls_role
+        if not role:
+            raise IsolationError(
+                f'store {self.name!r}: with rls_role = "" and no admin_url, tenant sessions '
+                "would run as the login that owns the tables, which can switch row-level "
+                "security off; keep rls_role (tenantry then creates a session login) or set "
+                "admin_url to the owner and url to a login that owns nothing"
+            )
+        from tenantry.tenancy.isolation.wall import session_login_name
+
+        return session_login_name(role, self.config.parsed_url(expand=False).database or "")
+
+    @property
+    def session_grantee(self) -> str:
+        """The role tenant tables are granted to: the session login, or ``rls_role``."""
+        if self.has_admin_url and self.config.rls_role:
+            return self.config.rls_role
+        return self.session_login
+
+    def prepare_wall(self) -> Binder:
+        """The binding key and the session login, set up once per process (PostgreSQL)."""
+        if self.binder is not None:
+            return self.binder
+        from tenantry.tenancy.isolation.wall import prepare
+
+        return prepare(self)
 
     def url(
         self,
@@ -132,6 +175,9 @@ class Store:
     ) -> URL:
         """The URL of an engine on this store (*database*: a tenant's own), secrets expanded."""
         url = self.config.parsed_url(admin=admin)
+        if not admin and self.owns_session_login:
+            login = self.session_login
+            url = url.set(username=login, password=self.prepare_wall().login_password(login))
         drivers = ASYNC_DRIVERS if is_async else SYNC_DRIVERS
         url = url.set(drivername=drivers[self.dialect])
         if database is not None:
@@ -150,6 +196,20 @@ class Store:
         size, overflow = (1, 2) if small else (self.config.pool_size, self.config.pool_size)
         return {"pool_size": size, "max_overflow": overflow, "pool_pre_ping": ping}
 
+    def _driver_options(self, kw: dict[str, Any]) -> dict[str, Any]:
+        """*kw* for ``create_engine``, plus what psycopg needs behind a transaction pooler.
+
+        A transaction-mode pooler (``pooler = "transaction"``) runs each
+        transaction on whichever server connection is free: a statement
+        psycopg prepared on one is missing on the next (or its name is taken
+        by another client's), so preparing is turned off (``prepare_threshold``
+        None) on every connection of every engine of such a store.
+        """
+        if not (self.is_postgres and self.config.transaction_pooled):
+            return kw
+        connect_args = {**kw.get("connect_args", {}), "prepare_threshold": None}
+        return {**kw, "connect_args": connect_args}
+
     def make_engine(self, url: URL, *, small: bool = False, ping: bool = True, **kw: Any) -> Engine:
         """A new engine with this store's pool sizes, SQLite set-up and schema translation.
 
@@ -158,9 +218,12 @@ class Store:
         """
         if self.dialect == "sqlite":
             engine = create_engine(url, **kw)
-            _sqlite_connect_hooks(engine)
+            _sqlite_connect_hooks(engine, tenant_tables=not small)
         else:
-            engine = create_engine(url, **self._pool_options(small, ping), **kw)
+            engine = create_engine(
+                url, **self._pool_options(small, ping), **self._driver_options(kw)
+            )
+            bind_transactions(engine)
         return engine.execution_options(schema_translate_map=self.translate_map)
 
     def make_async_engine(
@@ -169,9 +232,12 @@ class Store:
         """``make_engine`` for an async engine."""
         if self.dialect == "sqlite":
             engine = create_async_engine(url)
-            _sqlite_connect_hooks(engine.sync_engine)
+            _sqlite_connect_hooks(engine.sync_engine, tenant_tables=not small)
         else:
-            engine = create_async_engine(url, **self._pool_options(small, ping), **kw)
+            engine = create_async_engine(
+                url, **self._pool_options(small, ping), **self._driver_options(kw)
+            )
+            bind_transactions(engine.sync_engine)
         return engine.execution_options(schema_translate_map=self.translate_map)
 
     # -- the store database -------------------------------------------------
@@ -181,10 +247,20 @@ class Store:
         )
 
     def admin_engine(self) -> Engine:
-        if self.config.admin_url is None:
-            return self.engine()
+        """The engine of tenantry's own DDL, catalog, lifecycle and queue work.
+
+        It carries the SQLite guard's opt-out: tenantry's own statements reach
+        tenant tables with their own ``WHERE tenant_id = …``.
+        """
+        if self.config.admin_url is None and not self.is_postgres:
+            return self.engines.get(
+                ADMIN, lambda: self.engine().execution_options(**{UNGUARDED: True})
+            )
         return self.engines.get(
-            ADMIN, lambda: self.make_engine(self.url(admin=True, is_async=False))
+            ADMIN,
+            lambda: self.make_engine(self.url(admin=True, is_async=False)).execution_options(
+                **{UNGUARDED: True}
+            ),
         )
 
     def pooled_admin_engine(self, size: int) -> Engine:
@@ -195,8 +271,11 @@ class Store:
         """
         url = self.url(admin=True, is_async=False)
         if self.dialect == "sqlite":
-            return self.make_engine(url)
-        engine = create_engine(url, pool_size=size, max_overflow=0, pool_pre_ping=True)
+            return self.make_engine(url).execution_options(**{UNGUARDED: True})
+        engine = create_engine(
+            url, pool_size=size, max_overflow=0, pool_pre_ping=True, **self._driver_options({})
+        )
+        bind_transactions(engine)
         return engine.execution_options(schema_translate_map=self.translate_map)
 
     def async_engine(self) -> AsyncEngine:
@@ -231,7 +310,8 @@ class Store:
 
     def tenant_engine(self, tenant_id: str, *, admin: bool = False) -> Engine:
         """Pooled engine on a tenant's own database (LRU-bounded per store)."""
-        admin = admin and self.config.admin_url is not None
+        # One login on SQLite; on PostgreSQL tenant sessions never use the admin's.
+        admin = admin and (self.config.admin_url is not None or self.is_postgres)
         self.tenant_database_name(tenant_id)  # refused before anything is cached
         return self.engines.tenant(
             TENANT_ADMIN if admin else TENANT_APP,
@@ -255,11 +335,13 @@ class Store:
         url = self.url(admin=True, is_async=False, database=name)
         if self.dialect == "sqlite":
             engine = create_engine(url, poolclass=NullPool)
-            _sqlite_connect_hooks(engine)
-            return engine.execution_options(schema_translate_map=self.translate_map)
-        return create_engine(url, poolclass=NullPool).execution_options(
-            schema_translate_map=self.translate_map
-        )
+            _sqlite_connect_hooks(engine, tenant_tables=False)
+            return engine.execution_options(
+                schema_translate_map=self.translate_map, **{UNGUARDED: True}
+            )
+        engine = create_engine(url, poolclass=NullPool, **self._driver_options({}))
+        bind_transactions(engine)
+        return engine.execution_options(schema_translate_map=self.translate_map)
 
     def forget_tenant_engines(self, tenant_id: str) -> None:
         """Dispose the cached engines of one tenant database (before dropping it)."""

@@ -9,12 +9,14 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
 from tenantry import Tenantry, tenant_context
 from tenantry.errors import BackupError
 from tenantry.lifecycle.backup import backup_tenant
 from tenantry.lifecycle.import_ import import_tenant
+from tenantry.tenancy.binding import install_wall
 from tests.conftest import TenantryFactory
 from tests.models import Note
 
@@ -25,13 +27,22 @@ def _notes(t: Tenantry, tenant_id: str, *bodies: str) -> None:
         s.commit()
 
 
-def _restore(t: Tenantry, dump: Path) -> list[str]:
-    """pg_restore into a new database (named so the fixture drops it); the notes there."""
+def _restore(t: Tenantry, dump: Path, *, into_store: bool = False) -> list[str]:
+    """pg_restore into a new database (named so the fixture drops it); the notes there.
+
+    *into_store*: the database first gets what a store database has that a schema
+    dump refers to (the tenant binding's functions), as a restore into a store would.
+    """
     url = make_url(t.default_store.config.url)
     name = f"{url.database}_restored"
     params = {"host": url.host, "port": url.port or 5432, "user": url.username}
     with psycopg.connect(dbname="postgres", autocommit=True, **params) as conn:  # type: ignore[arg-type]
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    if into_store:
+        engine = create_engine(url.set(database=name))
+        with engine.begin() as conn:
+            install_wall(conn, t.default_store.prepare_wall().key)
+        engine.dispose()
     done = subprocess.run(
         [
             "pg_restore",
@@ -69,7 +80,7 @@ def test_a_schema_tenant_is_dumped_alone(make_tenantry: TenantryFactory, tmp_pat
     made = backup_tenant(t, "acme", tmp_path / "backups")
     assert made.method == "pg_dump --schema"
     assert made.path.suffix == ".dump"
-    assert _restore(t, made.path) == ["a1", "a2"]  # and no schema of globex in it
+    assert _restore(t, made.path, into_store=True) == ["a1", "a2"]  # and no schema of globex
 
 
 def test_a_database_tenant_is_dumped(make_tenantry: TenantryFactory, tmp_path: Path) -> None:

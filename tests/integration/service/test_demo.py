@@ -188,6 +188,18 @@ def test_demo_once_prints_what_the_database_holds(tmp_path: Path) -> None:
         assert jobs(db, tenant, "dead") == dead
         assert audit_rows(db, tenant) == audited == completed
     assert printed["acme"][1] == 1  # the refused rename
+    # The isolation checker finds nothing wrong with what the demo set up.
+    doctor = subprocess.run(
+        [sys.executable, "-m", "tenantry.cli.main", "doctor"],
+        cwd=tmp_path,
+        env={**env, "TENANTRY_DATA_DIR": str(data)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert doctor.stdout == "no findings: 1 stores, 3 tenants checked\n"
 
 
 async def test_the_example_module_serves_the_app(

@@ -37,6 +37,7 @@ from tenantry.lifecycle.migrations.targets import (
     TargetKind,
     TargetVersion,
 )
+from tenantry.lifecycle.migrations.walls import point_at_target, rebuild_wall
 from tenantry.tenancy.catalog import Tenant, TenantStatus
 from tenantry.tenancy.facade import Tenancy
 from tenantry.tenancy.hooks import VersionHistory
@@ -406,9 +407,11 @@ class Migrator:
         paused = self._pause(target, online=online)
         engine, dispose = self._engine_for(target, engines, lock, size)
         try:
+            store = self.tenantry.store(target.store)
             with engine.begin() as conn:
-                _point_search_path(conn, target)
+                point_at_target(conn, store, target)
                 before, after = step(self._history(target), conn, target)
+                rebuild_wall(conn, store, target, self.tenantry.tenant_metadata)
         except Exception as exc:  # a migration script can raise anything: report it
             verb = "migrating" if changed is Outcome.UPGRADED else "downgrading"
             log.warning("%s %s failed: %s", verb, target.label, _error_text(exc))
@@ -468,7 +471,7 @@ class Migrator:
         engine, dispose = self._engine_for(target, pooled, threading.Lock(), 1)
         try:
             with engine.connect() as conn, conn.begin() as tx:
-                _point_search_path(conn, target)
+                point_at_target(conn, self.tenantry.store(target.store), target)
                 yield conn
                 tx.rollback()
         finally:
@@ -517,19 +520,6 @@ class Migrator:
             for engine in engines.values():
                 engine.dispose()
         return stamped
-
-
-def _point_search_path(conn: Connection, target: Target) -> None:
-    """Unqualified names in migration scripts reach the target's tables, and only those.
-
-    A schema tenant's path is its schema alone: with ``public`` on it, a
-    table missing from the tenant schema would resolve to a shared table of
-    the same name in ``public``, and the migration would alter that one.
-    """
-    if conn.dialect.name != "postgresql":
-        return
-    path = pg.quote(conn, target.schema) if target.schema else "public"
-    conn.execute(text("SELECT set_config('search_path', :p, true)"), {"p": path})
 
 
 __all__ = ["Migrator", "Outcome", "Report", "Result", "Target", "TargetKind", "TargetVersion"]

@@ -19,7 +19,7 @@ from tenantry.lifecycle.export import Progress, export_tenant
 from tenantry.lifecycle.import_ import ProgressExportFile
 from tenantry.lifecycle.move.keys import ensure_keys_table, forget_keys, save_keys
 from tenantry.lifecycle.move.state import Move
-from tenantry.lifecycle.rowcopy import KeyMaps, act_as, load_rows, tenant_engine
+from tenantry.lifecycle.rowcopy import KeyMaps, load_rows, tenant_engine
 from tenantry.queue import control
 from tenantry.queue.sources import source_of
 from tenantry.tenancy.catalog import Tenant
@@ -136,7 +136,6 @@ def count_rows(tenantry: Tenancy, tenant: Tenant, tables: list[Table]) -> dict[s
     engine, dispose = tenant_engine(tenantry.store(tenant.store), tenant)
     try:
         with engine.begin() as conn:
-            act_as(conn, tenant.id)
             return {
                 t.name: conn.execute(
                     select(func.count()).where(t.c[TENANT_ID_COLUMN] == tenant.id)

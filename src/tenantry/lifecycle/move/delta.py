@@ -39,7 +39,7 @@ from tenantry.lifecycle.move.keys import (
     save_keys,
 )
 from tenantry.lifecycle.move.state import Move
-from tenantry.lifecycle.rowcopy import BATCH, KeyMaps, act_as, move_sequences
+from tenantry.lifecycle.rowcopy import BATCH, KeyMaps, move_sequences
 from tenantry.tenancy.catalog import Tenant
 from tenantry.tenancy.facade import Tenancy
 from tenantry.tenancy.logs import get_logger
@@ -111,8 +111,6 @@ def _apply(
     source_engine, target_engine, dispose = engines(tenantry, move, tenant)
     try:
         with source_engine.begin() as src, target_engine.begin() as dst:
-            act_as(src, tenant.id)
-            act_as(dst, tenant.id)
             keys: KeyMaps = {}
             if move.renumbers:
                 ensure_keys_table(dst)

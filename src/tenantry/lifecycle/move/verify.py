@@ -27,7 +27,7 @@ from tenantry.lifecycle.move.hashing import (
 )
 from tenantry.lifecycle.move.keys import backwards, read_keys
 from tenantry.lifecycle.move.state import Move
-from tenantry.lifecycle.rowcopy import KeyMaps, act_as
+from tenantry.lifecycle.rowcopy import KeyMaps
 from tenantry.queue.job import PENDING_STATES
 from tenantry.queue.schema import jobs_table
 from tenantry.tenancy.catalog import Tenant
@@ -64,8 +64,6 @@ def verify(
     counts: dict[str, int] = {}
     try:
         with source_engine.begin() as src, target_engine.begin() as dst:
-            act_as(src, tenant.id)
-            act_as(dst, tenant.id)
             keys = read_keys(dst, tenant.id) if move.renumbers else {}
             by_server = server_hashing(src, dst)
             back = backwards(keys)

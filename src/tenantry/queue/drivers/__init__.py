@@ -23,6 +23,7 @@ from tenantry.queue.drivers.base import (
 )
 from tenantry.queue.drivers.sqlite import SqliteDriver
 from tenantry.tenancy.isolation.postgres import ddl_lock
+from tenantry.tenancy.isolation.wall import ensure_database_wall
 from tenantry.tenancy.store import Store
 
 if TYPE_CHECKING:
@@ -55,7 +56,12 @@ def __getattr__(name: str) -> Any:
 
 def ensure_queue_schema(conn: Connection, store: Store) -> None:
     """Create the jobs table (and on PostgreSQL its grants and RLS) on *conn*'s database."""
-    driver_for(store.dialect).ensure_schema(conn, store.config.rls_role, store.distinct_app_user)
+    grantee = ""
+    if store.is_postgres:
+        # The jobs table's policy calls the tenant binding's functions.
+        ensure_database_wall(conn, store)
+        grantee = store.session_grantee
+    driver_for(store.dialect).ensure_schema(conn, grantee)
 
 
 def ensure_store_queue(store: Store) -> None:
@@ -67,6 +73,8 @@ def ensure_store_queue(store: Store) -> None:
         # shared tables: creating the table reads the schema first, and a plain
         # BEGIN is refused its first write if another connection committed since.
         options = driver_for(store.dialect).write_options
+        if store.is_postgres:
+            store.prepare_wall()  # before taking the DDL lock below: it takes it too
         with store.admin_engine().execution_options(**options).begin() as conn:
             if store.is_postgres:
                 ddl_lock(conn)

@@ -165,7 +165,7 @@ class QueueDriver(Protocol):
     #: Execution options for queue write transactions (SQLite: BEGIN IMMEDIATE).
     write_options: ClassVar[Mapping[str, Any]]
 
-    def ensure_schema(self, conn: Connection, rls_role: str, app_user: str | None) -> None:
+    def ensure_schema(self, conn: Connection, grantee: str) -> None:
         """Create the jobs table (and on PostgreSQL its grants and RLS) on *conn*'s database."""
         ...
 

@@ -136,7 +136,7 @@ class SqliteDriver(CoreSql):
     def _now_plus(self, seconds: float) -> ColumnElement[datetime]:
         return literal(utcnow() + timedelta(seconds=seconds), DateTime(timezone=True))
 
-    def ensure_schema(self, conn: Connection, rls_role: str, app_user: str | None) -> None:
+    def ensure_schema(self, conn: Connection, grantee: str) -> None:
         create_queue_tables(conn)
 
     # -- enqueue -------------------------------------------------------------------

@@ -8,7 +8,7 @@ asks "which mode is this?".
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import Engine, MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -37,7 +37,11 @@ class IsolationStrategy(Protocol):
         """Raise :class:`~tenantry.errors.UnsupportedIsolation` if *store* cannot host it."""
 
     def engine(self, store: Store, tenant_id: str) -> Engine:
-        """The (sync) engine whose connections reach the tenant's tables."""
+        """The (sync) engine whose connections reach the tenant's tables.
+
+        On PostgreSQL its every transaction starts bound to the tenant
+        (:mod:`tenantry.tenancy.binding`); the same holds for the other engines.
+        """
 
     def async_engine(self, store: Store, tenant_id: str) -> AsyncEngine: ...
 
@@ -47,9 +51,6 @@ class IsolationStrategy(Protocol):
         With :attr:`own_database` it is a new engine of its own, which the caller
         disposes; otherwise it shares the store's admin pool.
         """
-
-    def transaction_setup(self, store: Store, tenant_id: str) -> tuple[str, dict[str, Any]] | None:
-        """SQL run at the start of every transaction of a tenant session (or None)."""
 
     def leftover(self, store: Store, tenant_id: str, metadata: MetaData) -> str | None:
         """Describe storage already holding this tenant id's data (None if there is none).

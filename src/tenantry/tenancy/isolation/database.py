@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, MetaData, inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenantry.tenancy.catalog import IsolationMode
 from tenantry.tenancy.isolation import postgres as pg
+from tenantry.tenancy.isolation.wall import ensure_database_wall
 from tenantry.tenancy.provisioning import tenant_ddl
 from tenantry.tenancy.store import Store
 
@@ -35,18 +36,13 @@ class DatabaseIsolation:
         store.tenant_database_name("check")  # raises for in-memory SQLite
 
     def engine(self, store: Store, tenant_id: str) -> Engine:
-        return store.tenant_engine(tenant_id)
+        return pg.bound(store.tenant_engine(tenant_id), store, tenant_id, "public")
 
     def async_engine(self, store: Store, tenant_id: str) -> AsyncEngine:
-        return store.tenant_async_engine(tenant_id)
+        return pg.bound(store.tenant_async_engine(tenant_id), store, tenant_id, "public")
 
     def admin_engine(self, store: Store, tenant_id: str) -> Engine:
-        return store.tenant_admin_engine(tenant_id)
-
-    def transaction_setup(self, store: Store, tenant_id: str) -> tuple[str, dict[str, Any]] | None:
-        if not store.is_postgres:
-            return None
-        return pg.session_setup(tenant_id, store.config.rls_role, "public")
+        return pg.bound(store.tenant_admin_engine(tenant_id), store, tenant_id, "public")
 
     def leftover(self, store: Store, tenant_id: str, metadata: MetaData) -> str | None:
         name = store.tenant_database_name(tenant_id)
@@ -72,6 +68,9 @@ class DatabaseIsolation:
         engine = store.tenant_admin_engine(tenant_id)
         try:
             with engine.begin() as conn:
+                if store.is_postgres:
+                    # The store's key and functions first: the policies call them.
+                    ensure_database_wall(conn, store)
                 if not inspect(conn).get_table_names():
                     # A new database: the compiled script, one round trip on PostgreSQL.
                     tenant_ddl(metadata, store.dialect, history).run(conn, None)
@@ -80,9 +79,11 @@ class DatabaseIsolation:
                     metadata.create_all(conn, checkfirst=True)
                     if history is not None and history.current(conn, None) is None:
                         history.stamp(conn, None)
+                if store.is_postgres:
+                    pg.enable_rls(conn, metadata, None, tenant_id)
                 store.hooks.database_ready(conn, store)
                 if store.is_postgres:
-                    pg.grant_access(conn, "public", store.config.rls_role, store.distinct_app_user)
+                    pg.grant_access(conn, "public", store.session_grantee)
         finally:
             engine.dispose()
 

@@ -1,94 +1,81 @@
-"""PostgreSQL DDL shared by the isolation modes: roles, grants and RLS policies.
+"""PostgreSQL DDL shared by the isolation modes: grants and RLS policies.
 
 Every identifier is validated by tenantry and then quoted by the dialect's
-identifier preparer; values (the tenant id, role names for set_config) are
-always bound parameters.
+identifier preparer. Tenant ids in policies are validated ids (lower-case
+letters, digits and ``_``), so they are safe as SQL literals.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, MetaData, text
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from sqlalchemy import Connection, Engine, MetaData, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenantry.errors import InvalidIdentifierError
-from tenantry.tenancy.ids import validate_identifier
+from tenantry.tenancy.binding import BIND_OPTION
+from tenantry.tenancy.ids import validate_identifier, validate_tenant_id
 from tenantry.tenancy.models import TENANT_ID_COLUMN, is_tenant_table
+from tenantry.tenancy.pgsql import ddl_lock, quote
 
-TENANT_GUC = "tenantry.tenant_id"
-#: Advisory lock key that serialises tenantry's DDL and grants within a database.
-_DDL_LOCK = 7433003
-POLICY_NAME = "tenantry_tenant_isolation"
+if TYPE_CHECKING:
+    from tenantry.tenancy.store import Store
+
+E = TypeVar("E", Engine, AsyncEngine)
+
+__all__ = ["bound", "ddl_lock", "enable_rls", "ensure_policy", "grant_access", "quote"]
+
+#: The policy on every tenant table (and the jobs table).
+POLICY_NAME = "tenantry_tenant_wall"
+#: The name an earlier, forgeable policy had; replaced where found.
+OLD_POLICY_NAME = "tenantry_tenant_isolation"
+#: The bound tenant of the transaction (see :mod:`tenantry.tenancy.binding`).
+CURRENT_TENANT = "tenantry.current_tenant()"
 
 
-def ddl_lock(conn: Connection) -> None:
-    """Serialise tenantry's DDL and GRANTs in this database until the transaction ends."""
-    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_DDL_LOCK})")
+def grant_access(conn: Connection, schema: str, grantee: str, *, table: str | None = None) -> None:
+    """Let tenant sessions (*grantee*) use *schema*, or one *table* in it.
 
-
-def quote(conn: Connection, identifier: str) -> str:
-    return conn.dialect.identifier_preparer.quote_identifier(identifier)
-
-
-def ensure_role(conn: Connection, role: str, app_user: str | None = None) -> None:
-    """Create the NOLOGIN, NOBYPASSRLS role sessions switch to, and let logins assume it.
-
-    The role is created only when missing (so an existing role needs no
-    CREATEROLE privilege); a concurrent creator is tolerated. Membership is
-    granted to the admin login (unless it is a superuser, which needs none) and
-    to a separate application login, so ``SET ROLE`` works for both.
+    The grants give nothing by themselves: every tenant table is behind the
+    tenant policy, which sees rows only in a transaction bound to a tenant.
     """
-    validate_identifier(role, "role")
-    q = quote(conn, role)
-    exists = conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).first()
-    if exists is None:
-        conn.exec_driver_sql(
-            "DO $$ BEGIN "
-            f"CREATE ROLE {q} NOLOGIN NOSUPERUSER NOBYPASSRLS NOINHERIT; "
-            "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
-        )
-    user, superuser = conn.execute(
-        text("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user")
-    ).one()
-    members = [] if superuser else [user]
-    if app_user and app_user != user:
-        members.append(_checked_name(app_user))
-    for member in members:
-        granted = conn.execute(
-            text("SELECT pg_has_role(:m, :r, 'MEMBER')"), {"m": member, "r": role}
-        ).scalar()
-        if not granted:
-            conn.exec_driver_sql(f"GRANT {q} TO {quote(conn, member)}")
-
-
-def grant_access(
-    conn: Connection,
-    schema: str,
-    rls_role: str,
-    app_user: str | None,
-    *,
-    table: str | None = None,
-) -> None:
-    """Let tenant sessions use *schema* (or one *table* in it).
-
-    With ``rls_role`` set, sessions ``SET ROLE`` to it, so it gets the grants
-    (and the app login may assume it). With ``rls_role = ""`` the app login is
-    expected to be a non-owner already, and is granted directly.
-    """
-    role = grantee(rls_role, app_user)
-    if not role:
-        return
+    if not grantee or _granted(conn, schema, grantee, table):
+        return  # no DDL lock taken when nothing is missing (migrations run in parallel)
     # Concurrent GRANTs on one object fail with "tuple concurrently updated"
     # (two workers starting at once both run Queue.setup()): serialise them.
     ddl_lock(conn)
-    if rls_role:
-        ensure_role(conn, rls_role, app_user)
     if table is None:
-        grant_schema(conn, schema, role)
+        grant_schema(conn, schema, grantee)
         return
-    s, r = quote(conn, validate_identifier(schema, "schema")), quote(conn, role)
+    s, r = quote(conn, validate_identifier(schema, "schema")), quote(conn, grantee)
     t = f"{s}.{quote(conn, _checked_name(table))}"
     conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA {s} TO {r}")
     conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO {r}")
     conn.exec_driver_sql(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {s} TO {r}")
+
+
+def _granted(conn: Connection, schema: str, grantee: str, table: str | None) -> bool:
+    """Whether *grantee* already has every grant :func:`grant_access` would give."""
+    row = conn.execute(
+        text(
+            "SELECT has_schema_privilege(:r, :s, 'USAGE') AND NOT EXISTS ("
+            " SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = :s AND (CAST(:t AS text) IS NULL OR c.relname = :t"
+            "   OR c.relkind = 'S')"
+            # (several privileges in one has_*_privilege call mean "any of", not "all")
+            " AND ((c.relkind IN ('r', 'p') AND NOT (has_table_privilege(:r, c.oid, 'SELECT')"
+            "   AND has_table_privilege(:r, c.oid, 'INSERT')"
+            "   AND has_table_privilege(:r, c.oid, 'UPDATE')"
+            "   AND has_table_privilege(:r, c.oid, 'DELETE')))"
+            "  OR (c.relkind = 'S' AND NOT (has_sequence_privilege(:r, c.oid, 'USAGE')"
+            "   AND has_sequence_privilege(:r, c.oid, 'SELECT')))))"
+            " FROM pg_roles WHERE rolname = :r"
+        ),
+        {"r": grantee, "s": schema, "t": table},
+    ).scalar()
+    return bool(row)
 
 
 def grant_schema(conn: Connection, schema: str, role: str) -> None:
@@ -106,26 +93,74 @@ def schema_grants(conn: Connection, schema: str, role: str) -> list[str]:
     ]
 
 
-def grantee(rls_role: str, app_user: str | None) -> str:
-    """Who tenant sessions act as: the RLS role, else a distinct app login ("" for none)."""
-    return rls_role or (_checked_name(app_user) if app_user else "")
-
-
-def enable_rls(conn: Connection, metadata: MetaData, schema: str | None) -> None:
-    """Row-level security on every tenant table: the second wall in shared mode.
+def enable_rls(
+    conn: Connection, metadata: MetaData, schema: str | None, tenant_id: str | None = None
+) -> None:
+    """The tenant policy on every tenant table, RLS enabled and forced.
 
     FORCE makes the policy apply to the table owner too; only superusers and
-    BYPASSRLS roles skip it, and tenant sessions run as a role that is neither.
-    ``current_setting(..., true)`` is NULL when no tenant is set, and
-    ``tenant_id = NULL`` is never true: no tenant, no rows.
+    BYPASSRLS roles skip it, and tenant sessions never run as either. With
+    *tenant_id* (schema and database mode: the tables hold one tenant) the
+    policy also names that tenant, so no other tenant's binding sees them.
     """
     for table in metadata.sorted_tables:
         if not is_tenant_table(table) or TENANT_ID_COLUMN not in table.c:
             continue
-        ensure_policy(conn, table.name, schema or "public", force=True)
+        ensure_policy(conn, table.name, schema or "public", force=True, tenant_id=tenant_id)
 
 
-def ensure_policy(conn: Connection, table: str, schema: str, *, force: bool) -> None:
+def policy_statements(
+    conn: Connection,
+    qualified_table: str,
+    *,
+    force: bool,
+    tenant_id: str | None = None,
+    stamp: bool = True,
+) -> list[str]:
+    """The DDL that puts *qualified_table* behind the tenant policy (as SQL, to batch it)."""
+    col = quote(conn, TENANT_ID_COLUMN)
+    predicate = f"{col} = (SELECT {CURRENT_TENANT})"
+    if tenant_id is not None:
+        predicate += f" AND {col} = '{validate_tenant_id(tenant_id)}'"
+    statements = [f"ALTER TABLE {qualified_table} ENABLE ROW LEVEL SECURITY"]
+    if force:
+        statements.append(f"ALTER TABLE {qualified_table} FORCE ROW LEVEL SECURITY")
+    statements += [
+        f"DROP POLICY IF EXISTS {OLD_POLICY_NAME} ON {qualified_table}",
+        f"DROP POLICY IF EXISTS {POLICY_NAME} ON {qualified_table}",
+        f"CREATE POLICY {POLICY_NAME} ON {qualified_table} "
+        f"USING ({predicate}) WITH CHECK ({predicate})",
+    ]
+    if stamp:
+        # Raw INSERTs that leave tenant_id out are stamped by the database.
+        statements.append(
+            f"ALTER TABLE {qualified_table} ALTER COLUMN {col} SET DEFAULT {CURRENT_TENANT}"
+        )
+    return statements
+
+
+def tenant_policies(
+    conn: Connection, metadata: MetaData, schema: str, tenant_id: str | None
+) -> list[str]:
+    """The policy DDL of every tenant table of *metadata* in *schema* (to batch it)."""
+    statements: list[str] = []
+    s = quote(conn, validate_identifier(schema, "schema"))
+    for table in metadata.sorted_tables:
+        if is_tenant_table(table) and TENANT_ID_COLUMN in table.c:
+            name = f"{s}.{quote(conn, _checked_name(table.name))}"
+            statements += policy_statements(conn, name, force=True, tenant_id=tenant_id)
+    return statements
+
+
+def ensure_policy(
+    conn: Connection,
+    table: str,
+    schema: str,
+    *,
+    force: bool,
+    tenant_id: str | None = None,
+    stamp: bool = True,
+) -> None:
     """RLS on and the tenant policy in place; no DDL (no exclusive lock) if already so."""
     if _policy_in_place(conn, table, schema, force=force):
         return
@@ -133,35 +168,26 @@ def ensure_policy(conn: Connection, table: str, schema: str, *, force: bool) -> 
     if _policy_in_place(conn, table, schema, force=force):
         return  # another process did it while we waited
     name = f"{quote(conn, schema)}.{quote(conn, _checked_name(table))}"
-    conn.exec_driver_sql(f"ALTER TABLE {name} ENABLE ROW LEVEL SECURITY")
-    if force:
-        conn.exec_driver_sql(f"ALTER TABLE {name} FORCE ROW LEVEL SECURITY")
-    create_policy(conn, name)
+    statements = policy_statements(conn, name, force=force, tenant_id=tenant_id, stamp=stamp)
+    for statement in statements:
+        conn.exec_driver_sql(statement)
 
 
 def _policy_in_place(conn: Connection, table: str, schema: str, *, force: bool) -> bool:
     row = conn.execute(
         text(
+            # By name in pg_policy, never deparsed (pg_policies, pg_get_expr): deparsing
+            # takes a lock on each table whose policy is read, and two migrations
+            # altering their own tables deadlocked on each other's. The policy's
+            # text is tenantry's own; `tenantry doctor` checks it.
             "SELECT c.relrowsecurity AND (c.relforcerowsecurity OR NOT :force) AND EXISTS ("
-            " SELECT 1 FROM pg_policies p WHERE p.schemaname = n.nspname"
-            " AND p.tablename = c.relname AND p.policyname = :policy)"
+            " SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = :policy)"
             " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
             " WHERE n.nspname = :schema AND c.relname = :table"
         ),
         {"policy": POLICY_NAME, "schema": schema, "table": table, "force": force},
     ).scalar()
     return bool(row)
-
-
-def create_policy(conn: Connection, qualified_table: str) -> None:
-    """(Re)create the tenant policy: rows visible and writable only for the GUC's tenant."""
-    col = quote(conn, TENANT_ID_COLUMN)
-    predicate = f"{col} = current_setting('{TENANT_GUC}', true)"
-    conn.exec_driver_sql(f"DROP POLICY IF EXISTS {POLICY_NAME} ON {qualified_table}")
-    conn.exec_driver_sql(
-        f"CREATE POLICY {POLICY_NAME} ON {qualified_table} "
-        f"USING ({predicate}) WITH CHECK ({predicate})"
-    )
 
 
 def _checked_name(name: str) -> str:
@@ -171,19 +197,34 @@ def _checked_name(name: str) -> str:
     return name
 
 
-def session_setup(tenant_id: str, role: str, search_path: str) -> tuple[str, dict[str, str]]:
-    """One round trip per transaction: tenant GUC, role and search_path, all local.
+def bound(engine: E, store: Store, tenant_id: str, search_path: str, **options: Any) -> E:
+    """*engine* with every transaction bound to *tenant_id* (PostgreSQL), and *options*.
 
-    ``set_config(..., true)`` is the parameterised form of ``SET LOCAL``: the
-    values are bound, never formatted into SQL, and vanish at COMMIT/ROLLBACK so
-    nothing leaks to the next user of a pooled connection.
+    The binding is an execution option, so it reaches every connection the
+    engine hands out and runs at each BEGIN (see :mod:`tenantry.tenancy.binding`).
+    ``pg_temp`` goes last in *search_path*: a temporary table never shadows a
+    tenant table. The engines are kept: making one costs more than a cached
+    statement, and a session is opened per request.
     """
-    params = {"tid": tenant_id, "path": search_path}
-    sql = (
-        "SELECT set_config('tenantry.tenant_id', :tid, true), "
-        "set_config('search_path', :path, true)"
-    )
-    if role:
-        sql += ", set_config('role', :role, true)"
-        params["role"] = role
-    return sql, params
+    if not store.is_postgres:
+        return engine.execution_options(**options) if options else engine
+    key = (engine, tenant_id, search_path)
+    with _bound_lock:
+        found = _bound_engines.get(key)
+        if found is not None:
+            _bound_engines.move_to_end(key)
+            return cast(E, found)
+    binding = store.prepare_wall().binding(tenant_id, f"{search_path}, pg_temp")
+    made = engine.execution_options(**options, **{BIND_OPTION: binding})
+    with _bound_lock:
+        _bound_engines[key] = made
+        while len(_bound_engines) > _BOUND_CAPACITY:
+            _bound_engines.popitem(last=False)
+    return made
+
+
+#: Bound engines by (engine, tenant, search_path); only the options are new in them,
+#: the pool is the engine's. Entries keep their engine alive until evicted.
+_BOUND_CAPACITY = 2048
+_bound_engines: OrderedDict[tuple[Any, str, str], Any] = OrderedDict()
+_bound_lock = threading.Lock()

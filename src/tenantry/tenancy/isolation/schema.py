@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import Engine, MetaData, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 SCHEMA_PREFIX = "t_"
 
 log = get_logger(__name__)
+E = TypeVar("E", Engine, AsyncEngine)
 _prepared: weakref.WeakSet[Store] = weakref.WeakSet()
 _prepared_lock = threading.Lock()
 
@@ -59,26 +60,21 @@ class SchemaIsolation:
     def _translate(self, tenant_id: str) -> dict[str | None, str | None]:
         return {TENANT_SCHEMA: schema_name(tenant_id), TENANTRY_SCHEMA: TENANTRY_SCHEMA}
 
-    def engine(self, store: Store, tenant_id: str) -> Engine:
+    def _bound(self, engine: E, store: Store, tenant_id: str) -> E:
         self.check_supported(store)
-        # An OptionEngine shares the store's pool; creating one is cheap.
-        return store.engine().execution_options(schema_translate_map=self._translate(tenant_id))
+        path = f'"{schema_name(tenant_id)}", public'
+        return pg.bound(
+            engine, store, tenant_id, path, schema_translate_map=self._translate(tenant_id)
+        )
+
+    def engine(self, store: Store, tenant_id: str) -> Engine:
+        return self._bound(store.engine(), store, tenant_id)
 
     def async_engine(self, store: Store, tenant_id: str) -> AsyncEngine:
-        self.check_supported(store)
-        return store.async_engine().execution_options(
-            schema_translate_map=self._translate(tenant_id)
-        )
+        return self._bound(store.async_engine(), store, tenant_id)
 
     def admin_engine(self, store: Store, tenant_id: str) -> Engine:
-        self.check_supported(store)
-        return store.admin_engine().execution_options(
-            schema_translate_map=self._translate(tenant_id)
-        )
-
-    def transaction_setup(self, store: Store, tenant_id: str) -> tuple[str, dict[str, Any]] | None:
-        path = f'"{schema_name(tenant_id)}", public'
-        return pg.session_setup(tenant_id, store.config.rls_role, path)
+        return self._bound(store.admin_engine(), store, tenant_id)
 
     def leftover(self, store: Store, tenant_id: str, metadata: MetaData) -> str | None:
         self.check_supported(store)
@@ -110,16 +106,21 @@ class SchemaIsolation:
             if exists is None:
                 # The usual case: a new schema, made by one script in one round trip.
                 q = pg.quote(conn, schema)
-                role = pg.grantee(store.config.rls_role, store.distinct_app_user)
-                grants = pg.schema_grants(conn, schema, role) if role else []
+                grants = pg.schema_grants(conn, schema, store.session_grantee)
                 ddl = tenant_ddl(metadata, "postgresql", history)
                 log.debug("provisioning schema %s from the compiled script", schema)
-                ddl.run(conn, q, prologue=[f"CREATE SCHEMA {q}"], epilogue=grants)
+                ddl.run(
+                    conn,
+                    q,
+                    prologue=[f"CREATE SCHEMA {q}"],
+                    epilogue=[*grants, *pg.tenant_policies(conn, metadata, schema, tenant_id)],
+                )
                 return
             # Resuming an interrupted run: idempotent, statement by statement.
             log.debug("provisioning schema %s step by step (it exists already)", schema)
             metadata.create_all(conn, checkfirst=True)
-            pg.grant_access(conn, schema, store.config.rls_role, store.distinct_app_user)
+            pg.grant_access(conn, schema, store.session_grantee)
+            pg.enable_rls(conn, metadata, schema, tenant_id)
             if history is not None and history.current(conn, schema) is None:
                 history.stamp(conn, schema)
 
@@ -132,9 +133,10 @@ class SchemaIsolation:
         with _prepared_lock:
             if store in _prepared:
                 return
+            store.prepare_wall()  # the policies call its functions
             with store.admin_engine().begin() as conn:
                 # Global tables live in public; tenant sessions may read them.
-                pg.grant_access(conn, "public", store.config.rls_role, store.distinct_app_user)
+                pg.grant_access(conn, "public", store.session_grantee)
             store.hooks.store_ready(store)
             _prepared.add(store)
 

@@ -8,9 +8,9 @@ enforced by the server for everything, raw SQL included.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, Engine, MetaData, delete, inspect, select, text
+from sqlalchemy import Connection, Engine, MetaData, delete, inspect, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenantry.tenancy.catalog import IsolationMode
@@ -37,18 +37,13 @@ class SharedIsolation:
         return None
 
     def engine(self, store: Store, tenant_id: str) -> Engine:
-        return store.engine()
+        return pg.bound(store.engine(), store, tenant_id, "public")
 
     def async_engine(self, store: Store, tenant_id: str) -> AsyncEngine:
-        return store.async_engine()
+        return pg.bound(store.async_engine(), store, tenant_id, "public")
 
     def admin_engine(self, store: Store, tenant_id: str) -> Engine:
-        return store.admin_engine()
-
-    def transaction_setup(self, store: Store, tenant_id: str) -> tuple[str, dict[str, Any]] | None:
-        if not store.is_postgres:
-            return None
-        return pg.session_setup(tenant_id, store.config.rls_role, "public")
+        return pg.bound(store.admin_engine(), store, tenant_id, "public")
 
     def prepare_store(
         self, store: Store, metadata: MetaData, history: VersionHistory | None = None
@@ -62,6 +57,8 @@ class SharedIsolation:
         with _prepare_lock:
             if store.prepared_shared_tables:
                 return
+            if store.is_postgres:
+                store.prepare_wall()  # the policies call its functions
             # On SQLite the transaction starts as a write (BEGIN IMMEDIATE): create_all
             # reads the schema before it writes, and a plain BEGIN would be refused
             # ("database is locked") if another connection committed in between.
@@ -77,7 +74,7 @@ class SharedIsolation:
                     history.stamp(conn, None)
                 if store.is_postgres:
                     pg.enable_rls(conn, metadata, None)
-                    pg.grant_access(conn, "public", store.config.rls_role, store.distinct_app_user)
+                    pg.grant_access(conn, "public", store.session_grantee)
             store.prepared_shared_tables = True
         store.hooks.store_ready(store)
 
@@ -85,11 +82,8 @@ class SharedIsolation:
         tables = [
             t for t in metadata.sorted_tables if is_tenant_table(t) and TENANT_ID_COLUMN in t.c
         ]
-        with store.admin_engine().connect() as conn:
-            if store.is_postgres:
-                # The admin may be subject to FORCE RLS: look as the tenant.
-                sql, params = pg.session_setup(tenant_id, "", "public")
-                conn.execute(text(sql), params)
+        # As the tenant: the admin may be subject to FORCE RLS.
+        with self.admin_engine(store, tenant_id).connect() as conn:
             existing = set(inspect(conn).get_table_names())
             for table in tables:
                 if table.name not in existing:
@@ -116,21 +110,18 @@ class SharedIsolation:
 
     def deprovision(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
         self.prepare_store(store, metadata)
-        with store.admin_engine().begin() as conn:
-            _delete_rows(conn, store, tenant_id, metadata)
+        with self.admin_engine(store, tenant_id).begin() as conn:
+            _delete_rows(conn, tenant_id, metadata)
             # What else of the tenant's lives here goes with its rows, in this transaction.
             store.hooks.tenant_data_dropped(conn, store, tenant_id)
 
     def drop_tables(self, store: Store, tenant_id: str, metadata: MetaData) -> None:
-        with store.admin_engine().begin() as conn:
-            _delete_rows(conn, store, tenant_id, metadata)
+        with self.admin_engine(store, tenant_id).begin() as conn:
+            _delete_rows(conn, tenant_id, metadata)
 
 
-def _delete_rows(conn: Connection, store: Store, tenant_id: str, metadata: MetaData) -> None:
-    if store.is_postgres:
-        # So the delete also works when the admin role is subject to FORCE RLS.
-        sql, params = pg.session_setup(tenant_id, "", "public")
-        conn.execute(text(sql), params)
+def _delete_rows(conn: Connection, tenant_id: str, metadata: MetaData) -> None:
+    """Delete the tenant's rows (on a connection bound to the tenant: FORCE RLS holds)."""
     for table in reversed(metadata.sorted_tables):
         if is_tenant_table(table) and TENANT_ID_COLUMN in table.c:
             conn.execute(delete(table).where(table.c[TENANT_ID_COLUMN] == tenant_id))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, ClassVar
 
 import psycopg
@@ -73,6 +73,21 @@ def fetch(conn: Connection, sql: str, params: Mapping[str, Any]) -> list[tuple[A
         cursor.close()
 
 
+def _run_raw(conn: Connection, raw: psycopg.Connection[Any], sql: str) -> None:
+    """Run *sql* (no parameters: the simple protocol, several statements allowed) on *raw*.
+
+    Errors reach callers as SQLAlchemy's exception types, and a connection
+    found dead is invalidated, as in :func:`fetch`.
+    """
+    try:
+        raw.execute(sql)
+    except psycopg.Error as exc:
+        error, gone = translated(exc, raw, sql, {}, conn.dialect)
+        if gone:
+            conn.invalidate(exc)
+        raise error from exc
+
+
 def _fenced(
     conn: Connection, sql: str, leases: Sequence[Lease], extra: Mapping[str, Any] | None = None
 ) -> set[int]:
@@ -130,7 +145,7 @@ class PostgresDriver(CoreSql):
             )
         )
 
-    def ensure_schema(self, conn: Connection, rls_role: str, app_user: str | None) -> None:
+    def ensure_schema(self, conn: Connection, grantee: str) -> None:
         """The jobs table, its grants and its row-level security.
 
         RLS on jobs is ENABLEd but not FORCEd: tenant sessions (the RLS role) see
@@ -140,9 +155,9 @@ class PostgresDriver(CoreSql):
         pg.ddl_lock(conn)  # concurrent set-ups (two workers starting) would race
         conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {TENANTRY_SCHEMA}")
         create_queue_tables(conn)
-        pg.ensure_policy(conn, jobs_table.name, TENANTRY_SCHEMA, force=False)
+        pg.ensure_policy(conn, jobs_table.name, TENANTRY_SCHEMA, force=False, stamp=False)
         # Only the jobs table: the catalog in the same schema stays admin-only.
-        pg.grant_access(conn, TENANTRY_SCHEMA, rls_role, app_user, table=jobs_table.name)
+        pg.grant_access(conn, TENANTRY_SCHEMA, grantee, table=jobs_table.name)
 
     # -- enqueue -------------------------------------------------------------------
     @staticmethod
@@ -277,8 +292,13 @@ class PostgresDriver(CoreSql):
         and ``COMMIT`` is another. Autocommit is switched on the driver's
         connection (SQLAlchemy's isolation switch costs more than the round
         trips saved) and back before the connection returns to the pool; one
-        that cannot be switched back is invalidated.
+        that cannot be switched back is invalidated. Behind a transaction-mode
+        pooler every claim is a transaction of its own (``_claim_transaction``).
         """
+        if engine.get_execution_options().get(q.SETTINGS_PER_TRANSACTION):
+            with self._claim_transaction(engine) as conn:
+                yield conn
+            return
         if not alone:
             with engine.begin() as conn:
                 yield conn
@@ -289,6 +309,39 @@ class PostgresDriver(CoreSql):
             raw.autocommit = True
             try:
                 yield conn
+            finally:
+                try:
+                    if not conn.invalidated:
+                        raw.autocommit = False
+                except Exception as exc:
+                    conn.invalidate(exc)
+
+    @staticmethod
+    @contextmanager
+    def _claim_transaction(engine: Engine) -> Iterator[Connection]:
+        """A claim transaction behind a transaction-mode pooler (``SETTINGS_PER_TRANSACTION``).
+
+        The claim settings cannot ride on the connection (the pooler refuses
+        startup ``options`` and hands the next transaction another server
+        connection), so ``BEGIN`` and the transaction-local settings go in
+        one simple-protocol round trip, with psycopg in autocommit so that it
+        sends no ``BEGIN`` of its own; ``COMMIT`` (or ``ROLLBACK``) ends it and
+        the connection returns to the pool idle, or is invalidated.
+        """
+        with engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            assert isinstance(raw, psycopg.Connection)
+            raw.autocommit = True
+            try:
+                _run_raw(conn, raw, q.CLAIM_BEGIN)
+                try:
+                    yield conn
+                except BaseException:
+                    if not conn.invalidated:
+                        with suppress(Exception):  # the claim's own error is the one to see
+                            _run_raw(conn, raw, "ROLLBACK")
+                    raise
+                _run_raw(conn, raw, "COMMIT")
             finally:
                 try:
                     if not conn.invalidated:
@@ -332,7 +385,8 @@ class PostgresDriver(CoreSql):
         # the generic plan uses them (tests check the plan in both modes). The
         # worker's claim engine sets these per connection, saving a round trip;
         # see CLAIM_SESSION_SETTINGS for why each is set.
-        if not conn.get_execution_options().get(q.GENERIC_PLANS):
+        options = conn.get_execution_options()
+        if not (options.get(q.GENERIC_PLANS) or options.get(q.SETTINGS_PER_TRANSACTION)):
             conn.exec_driver_sql(q.CLAIM_SET_LOCAL)
         which = q.variant(queues, tenants)
         locked: list[str] = []
