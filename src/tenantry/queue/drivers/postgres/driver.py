@@ -73,6 +73,22 @@ def fetch(conn: Connection, sql: str, params: Mapping[str, Any]) -> list[tuple[A
         cursor.close()
 
 
+@contextmanager
+def _autocommitted(conn: Connection) -> Iterator[psycopg.Connection[Any]]:
+    """psycopg in autocommit for the life of the block: tenantry sends BEGIN/COMMIT itself."""
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, psycopg.Connection)
+    raw.autocommit = True
+    try:
+        yield raw
+    finally:
+        try:
+            if not conn.invalidated:
+                raw.autocommit = False
+        except Exception as exc:
+            conn.invalidate(exc)
+
+
 def _run_raw(conn: Connection, raw: psycopg.Connection[Any], sql: str) -> None:
     """Run *sql* (no parameters: the simple protocol, several statements allowed) on *raw*.
 
@@ -303,18 +319,8 @@ class PostgresDriver(CoreSql):
             with engine.begin() as conn:
                 yield conn
             return
-        with engine.connect() as conn:
-            raw = conn.connection.driver_connection
-            assert isinstance(raw, psycopg.Connection)
-            raw.autocommit = True
-            try:
-                yield conn
-            finally:
-                try:
-                    if not conn.invalidated:
-                        raw.autocommit = False
-                except Exception as exc:
-                    conn.invalidate(exc)
+        with engine.connect() as conn, _autocommitted(conn):
+            yield conn
 
     @staticmethod
     @contextmanager
@@ -328,26 +334,16 @@ class PostgresDriver(CoreSql):
         sends no ``BEGIN`` of its own; ``COMMIT`` (or ``ROLLBACK``) ends it and
         the connection returns to the pool idle, or is invalidated.
         """
-        with engine.connect() as conn:
-            raw = conn.connection.driver_connection
-            assert isinstance(raw, psycopg.Connection)
-            raw.autocommit = True
+        with engine.connect() as conn, _autocommitted(conn) as raw:
+            _run_raw(conn, raw, q.CLAIM_BEGIN)
             try:
-                _run_raw(conn, raw, q.CLAIM_BEGIN)
-                try:
-                    yield conn
-                except BaseException:
-                    if not conn.invalidated:
-                        with suppress(Exception):  # the claim's own error is the one to see
-                            _run_raw(conn, raw, "ROLLBACK")
-                    raise
-                _run_raw(conn, raw, "COMMIT")
-            finally:
-                try:
-                    if not conn.invalidated:
-                        raw.autocommit = False
-                except Exception as exc:
-                    conn.invalidate(exc)
+                yield conn
+            except BaseException:
+                if not conn.invalidated:
+                    with suppress(Exception):  # the claim's own error is the one to see
+                        _run_raw(conn, raw, "ROLLBACK")
+                raise
+            _run_raw(conn, raw, "COMMIT")
 
     def claim(self, conn: Connection, request: ClaimRequest) -> list[Job]:
         if request.fair:
