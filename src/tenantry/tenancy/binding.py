@@ -95,6 +95,7 @@ COMMENT ON FUNCTION {TENANTRY_SCHEMA}.enter(text, bytea) IS 'tenantry wall {WALL
 """
 
 ENTER_SQL = f"SELECT {TENANTRY_SCHEMA}.enter(:tid, :token), set_config('search_path', :path, true)"
+_ENTER = text(ENTER_SQL)
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,15 @@ def bind_transactions(engine: Engine) -> None:
     event.listen(engine, "begin", _bind_transaction)
     event.listen(engine, "set_connection_execution_options", _refuse_autocommit)
     event.listen(engine, "set_engine_execution_options", _refuse_autocommit_engine)
+
+
+def clean_between_users(engine: Engine) -> None:
+    """What one user of a pooled session connection leaves must not reach the next.
+
+    For the engines of tenant and global sessions only (the admin's and the
+    queue's connections run tenantry's own SQL, and keep their prepared
+    statements and settings on purpose).
+    """
     event.listen(engine, "connect", _read_write_by_default)
     event.listen(engine, "before_cursor_execute", _note_raw_sql)
     event.listen(engine, "checkin", _discard_after_raw_sql)
@@ -252,7 +262,8 @@ def _note_raw_sql(
 ) -> None:
     """Remember a connection on which text SQL ran: it may have changed session state."""
     compiled = getattr(context, "compiled", None)
-    if compiled is None or isinstance(compiled.statement, TextClause):
+    statement = None if compiled is None else compiled.statement
+    if statement is None or (isinstance(statement, TextClause) and statement is not _ENTER):
         conn.info[_RAW] = True
 
 
@@ -284,7 +295,7 @@ def _bind_transaction(conn: Connection) -> None:
     if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
         raise IsolationError(_AUTOCOMMIT)
     try:
-        conn.execute(text(ENTER_SQL), binding.params)
+        conn.execute(_ENTER, binding.params)
     except DBAPIError as exc:
         if getattr(exc.orig, "sqlstate", None) == "42883":  # undefined_function
             raise IsolationError(

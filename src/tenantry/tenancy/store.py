@@ -17,7 +17,7 @@ Secrets in URLs are expanded here, at engine creation, and nowhere else.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL
@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from tenantry.errors import ConfigError, IsolationError, UnsupportedIsolation
-from tenantry.tenancy.binding import Binder, bind_transactions
+from tenantry.tenancy.binding import Binder, bind_transactions, clean_between_users
 from tenantry.tenancy.config import StoreConfig
 from tenantry.tenancy.engines import (
     ADMIN,
@@ -45,6 +45,7 @@ from tenantry.tenancy.sqlite_guard import install_guard
 from tenantry.tenancy.urls import ASYNC_DRIVERS, SUPPORTED_DIALECTS, SYNC_DRIVERS, driver_note
 
 log = get_logger(__name__)
+E = TypeVar("E", Engine, AsyncEngine)
 
 #: Tenant sessions on a tenant's own database (``url``, the database swapped).
 TENANT_APP: EngineRole[Engine] = EngineRole("tenant app")
@@ -240,10 +241,17 @@ class Store:
             bind_transactions(engine.sync_engine)
         return engine.execution_options(schema_translate_map=self.translate_map)
 
+    def _sessions(self, engine: E, admin: bool = False) -> E:
+        """An engine of tenant and global sessions: cleaned between users (PostgreSQL)."""
+        if self.is_postgres and not admin:
+            sync = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+            clean_between_users(sync)
+        return engine
+
     # -- the store database -------------------------------------------------
     def engine(self) -> Engine:
         return self.engines.get(
-            APP, lambda: self.make_engine(self.url(admin=False, is_async=False))
+            APP, lambda: self._sessions(self.make_engine(self.url(admin=False, is_async=False)))
         )
 
     def admin_engine(self) -> Engine:
@@ -281,7 +289,8 @@ class Store:
     def async_engine(self) -> AsyncEngine:
         """Async engine on the store database, for tenant and global sessions."""
         return self.engines.get(
-            ASYNC_APP, lambda: self.make_async_engine(self.url(admin=False, is_async=True))
+            ASYNC_APP,
+            lambda: self._sessions(self.make_async_engine(self.url(admin=False, is_async=True))),
         )
 
     # -- database-per-tenant -------------------------------------------------
@@ -316,7 +325,9 @@ class Store:
         return self.engines.tenant(
             TENANT_ADMIN if admin else TENANT_APP,
             tenant_id,
-            lambda: self.make_engine(self.tenant_url(tenant_id, admin=admin), small=True),
+            lambda: self._sessions(
+                self.make_engine(self.tenant_url(tenant_id, admin=admin), small=True), admin
+            ),
         )
 
     def tenant_async_engine(self, tenant_id: str) -> AsyncEngine:
@@ -324,8 +335,10 @@ class Store:
         return self.engines.tenant(
             TENANT_ASYNC_APP,
             tenant_id,
-            lambda: self.make_async_engine(
-                self.tenant_url(tenant_id, admin=False, is_async=True), small=True
+            lambda: self._sessions(
+                self.make_async_engine(
+                    self.tenant_url(tenant_id, admin=False, is_async=True), small=True
+                )
             ),
         )
 
