@@ -133,3 +133,26 @@ def test_separate_non_owner_login(
         assert conn.execute(text("SELECT count(*) FROM notes")).scalar() == 0
         with pytest.raises(ProgrammingError):
             conn.execute(text("ALTER TABLE notes DISABLE ROW LEVEL SECURITY"))
+
+
+def test_session_connections_prepare_nothing_a_tenant_could_hijack(
+    make_tenantry: TenantryFactory,
+) -> None:
+    """psycopg runs statements it prepared by name (``_pg3_0``, ...): SQL in one tenant's
+    request could prepare that name as its own statement for the next tenant to run.
+    Session connections prepare nothing, and what a request prepares itself is gone
+    before the next one."""
+    t = make_tenantry("postgresql", pool_size=1)
+    _seed(t)
+    with tenant_context("acme"), t.session() as s:
+        for _ in range(10):  # psycopg's default would prepare on the 6th run
+            s.execute(text("SELECT body FROM notes WHERE tenant_id = :t"), {"t": "acme"}).all()
+        assert s.execute(text("SELECT count(*) FROM pg_prepared_statements")).scalar() == 0
+        # The attack: psycopg's first statement name, prepared to copy rows elsewhere.
+        s.execute(text("PREPARE _pg3_0 AS SELECT 'hijacked'"))
+        s.commit()
+    with tenant_context("globex"), t.session() as s:
+        for _ in range(10):
+            bodies = s.execute(text("SELECT body FROM notes ORDER BY body")).scalars().all()
+            assert bodies == ["a", "b"]
+        assert s.execute(text("SELECT count(*) FROM pg_prepared_statements")).scalar() == 0

@@ -233,19 +233,29 @@ def clean_between_users(engine: Engine) -> None:
     queue's connections run tenantry's own SQL, and keep their prepared
     statements and settings on purpose).
     """
-    event.listen(engine, "connect", _read_write_by_default)
+    event.listen(engine, "connect", _session_connection)
     event.listen(engine, "before_cursor_execute", _note_raw_sql)
     event.listen(engine, "checkin", _discard_after_raw_sql)
 
 
-def _read_write_by_default(dbapi_connection: Any, _record: Any) -> None:
-    """Every transaction starts ``BEGIN READ WRITE`` (psycopg adds it when told).
+def _session_connection(dbapi_connection: Any, _record: Any) -> None:
+    """``BEGIN READ WRITE``, and no prepared statements, on session connections.
 
     A ``SET default_transaction_read_only = on`` left on the connection by
     raw SQL would otherwise make the next user's transaction read-only before
-    ``tenantry.enter`` could reset it. ``postgresql_readonly=True`` still asks
-    for a read-only transaction.
+    ``tenantry.enter`` could reset it (psycopg adds ``READ WRITE`` to its
+    BEGIN when told; ``postgresql_readonly=True`` still asks for read-only).
+
+    Prepared statements: psycopg names the statements it prepares
+    (``_pg3_0``, ...) and runs them by name. SQL in one tenant's request could
+    ``DEALLOCATE`` such a name and ``PREPARE`` it again as its own statement,
+    which the next tenant's innocent query on the connection would then run,
+    bound to that tenant. Session connections therefore prepare nothing, and
+    the ``DISCARD ALL`` at check-in leaves psycopg nothing to lose track of.
     """
+    driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+    if hasattr(driver, "prepare_threshold"):
+        driver.prepare_threshold = None
     set_read_only = getattr(dbapi_connection, "set_read_only", None)
     if set_read_only is not None:  # SQLAlchemy's adapter of an async psycopg connection
         set_read_only(False)
@@ -255,12 +265,17 @@ def _read_write_by_default(dbapi_connection: Any, _record: Any) -> None:
 
 #: Connection-record flag: SQL that tenantry did not compile ran on this connection.
 _RAW = "tenantry_raw_sql"
+#: Execution option of tenantry's own text SQL on a session's connection (the
+#: queue's enqueue): it changes no session state, so it does not count as raw.
+OWN_SQL_OPTION = "tenantry_own_sql"
 
 
 def _note_raw_sql(
     conn: Connection, _cursor: Any, _statement: str, _params: Any, context: Any, _many: bool
 ) -> None:
     """Remember a connection on which text SQL ran: it may have changed session state."""
+    if context.execution_options.get(OWN_SQL_OPTION):
+        return
     compiled = getattr(context, "compiled", None)
     statement = None if compiled is None else compiled.statement
     if statement is None or (isinstance(statement, TextClause) and statement is not _ENTER):
@@ -273,15 +288,16 @@ def _discard_after_raw_sql(dbapi_connection: Any, record: Any) -> None:
     ``tenantry.enter`` resets settings at the start of the next tenant
     transaction, but a ``statement_timeout`` is armed before ``enter`` runs,
     and a global session does not run ``enter`` at all. Connections that
-    only ran tenantry's compiled statements skip the round trip. psycopg
-    notices ``DISCARD ALL`` and forgets its prepared statements.
+    only ran tenantry's compiled statements skip the round trip. Session
+    connections prepare no statements (see :func:`_session_connection`), so
+    nothing psycopg knows of is lost.
     """
     if not record.info.pop(_RAW, False) or dbapi_connection is None:
         return
     try:
         dbapi_connection.autocommit = True
         try:
-            dbapi_connection.execute("DISCARD ALL")
+            dbapi_connection.execute("DISCARD ALL", prepare=False)
         finally:
             dbapi_connection.autocommit = False
     except Exception:  # a broken connection: the pool must not hand it out again
