@@ -40,7 +40,13 @@ class Completer:
         self._ack_retry = ExponentialBackoff(0.5, 5.0)
 
     def finished(self, held: Held) -> None:
-        """A handler returned: acknowledge the job with others, soon."""
+        """A handler returned: acknowledge the job with others, soon.
+
+        ``done`` also tells the heartbeat that this worker is completing the
+        job: a renewal that no longer matches its row (the acknowledgement
+        committed first) does not make it lost; the acknowledgement's own
+        fencing decides that.
+        """
         state = self._state
         held.done = True
         state.to_complete.setdefault(held.source.key, []).append(held)
@@ -195,12 +201,15 @@ class Completer:
     async def postpone(self, held: Held, until: datetime) -> None:
         """Put a claimed job back until *until*, its attempt not spent (tenant not active)."""
         job, source = held.job, held.source
+        # Dropped first, as in release: this worker gives the job up either way,
+        # and a heartbeat between the commit and a later forget would find the
+        # row no longer running under its lease and report a lost lease.
+        self._state.forget(held)
         try:
             async with source.async_engine().begin() as conn:
                 await conn.run_sync(source.driver.postpone, job, until)
         except DB_ERRORS as exc:
             log.warning("could not postpone job %s: %s", job.id, short_error(exc))
-        self._state.forget(held)
         self._rt.report.stats.postponed += 1
 
     async def release(self, items: list[Held]) -> None:

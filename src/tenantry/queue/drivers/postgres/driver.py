@@ -47,6 +47,7 @@ from tenantry.queue.drivers.postgres.rows import WRITTEN, claimed_jobs
 from tenantry.queue.fairness import FAIR_WINDOW, interleave
 from tenantry.queue.job import Job
 from tenantry.queue.schema import create_queue_tables, jobs_table
+from tenantry.tenancy.binding import OWN_SQL_OPTION
 from tenantry.tenancy.isolation import postgres as pg
 from tenantry.tenancy.models import TENANTRY_SCHEMA
 
@@ -142,8 +143,13 @@ def _bulk_params(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def _insert_many_ids(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
     """``BULK_INSERT`` for any number of rows; the ids, sorted, pair with the rows."""
-    ids = conn.exec_driver_sql(q.BULK_INSERT, _bulk_params(rows)).scalars()
+    ids = conn.exec_driver_sql(q.BULK_INSERT, _bulk_params(rows), OWN_SQL).scalars()
     return sorted(int(i) for i in ids)
+
+
+#: The enqueue statements run on the caller's session connection: tenantry's own
+#: SQL, which leaves no session state behind (no DISCARD ALL at check-in).
+OWN_SQL = {OWN_SQL_OPTION: True}
 
 
 class PostgresDriver(CoreSql):
@@ -204,7 +210,7 @@ class PostgresDriver(CoreSql):
             return inserted
         params = _bulk_params(rows)
         params.update(channel=q.CHANNEL, wake=sorted(queues_of(rows)))
-        ids = conn.exec_driver_sql(q.BULK_INSERT_NOTIFY, params).scalars()
+        ids = conn.exec_driver_sql(q.BULK_INSERT_NOTIFY, params, OWN_SQL).scalars()
         return Created(sorted(int(i) for i in ids))
 
     def write_standalone(
@@ -293,7 +299,7 @@ class PostgresDriver(CoreSql):
         # One NOTIFY per enqueue statement; PostgreSQL also folds identical
         # notifications within a transaction, so a bulk enqueue wakes once.
         for queue in sorted(set(queues)):
-            conn.exec_driver_sql(q.NOTIFY, {"channel": q.CHANNEL, "queue": queue})
+            conn.exec_driver_sql(q.NOTIFY, {"channel": q.CHANNEL, "queue": queue}, OWN_SQL)
 
     # -- claiming ----------------------------------------------------------------------
     def claims_in_one_statement(self, *, fair: bool) -> bool:
@@ -407,6 +413,17 @@ class PostgresDriver(CoreSql):
         return _fenced(conn, q.COMPLETE, leases)
 
     def extend(self, conn: Connection, leases: Sequence[Lease], lease_seconds: float) -> set[int]:
+        """Renew without ever waiting for a row lock (``q.EXTEND``).
+
+        Renewal and completion lock the same rows, each one statement per
+        token in its own order (claim order here, finishing order there):
+        waiting would let them deadlock. Skipping is enough, since a locked
+        row is being written (completed, failed, released or cancelled) right
+        now; sorting both by id instead would also need one statement over all
+        tokens, and every other multi-row writer in the same order. A skipped
+        row counts as still held: renewal must not call a job lost that this
+        worker is completing.
+        """
         if not leases:
             return set()
         return _fenced(conn, q.EXTEND, leases, {"lease": lease_seconds})

@@ -315,11 +315,31 @@ WHERE j.id = ANY(%(ids)s::bigint[]) AND j.lease_token = %(token)s
   AND (j.state = 'running') IS TRUE
 RETURNING j.id
 """
+# Renewal never waits for a row lock (SKIP LOCKED), so it can never be one side
+# of a deadlock: completions, failures, releases and cancels lock the same rows,
+# several per transaction and in no common order (one statement per token, in
+# the order jobs finished). A row locked by one of them is being written right
+# now and is not renewed this time; it is still returned (``held``: the
+# statement's snapshot, taken before the lock) so that the worker does not take
+# a job it is completing for lost. Whoever holds the lock settles the row: the
+# completion's own fencing, or the next heartbeat.
 EXTEND = """
-UPDATE tenantry.tenantry_jobs AS j SET lease_expires_at = now() + make_interval(secs => %(lease)s)
-WHERE j.id = ANY(%(ids)s::bigint[]) AND j.lease_token = %(token)s
-  AND (j.state = 'running') IS TRUE
-RETURNING j.id
+WITH held AS MATERIALIZED (
+    SELECT j.id FROM tenantry.tenantry_jobs AS j
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.lease_token = %(token)s
+      AND (j.state = 'running') IS TRUE
+), extended AS (
+    UPDATE tenantry.tenantry_jobs AS j
+    SET lease_expires_at = now() + make_interval(secs => %(lease)s)
+    WHERE j.id IN (
+        SELECT l.id FROM tenantry.tenantry_jobs AS l
+        WHERE l.id = ANY(%(ids)s::bigint[]) AND l.lease_token = %(token)s
+          AND (l.state = 'running') IS TRUE
+        FOR UPDATE SKIP LOCKED
+    ) AND j.lease_token = %(token)s AND (j.state = 'running') IS TRUE
+    RETURNING j.id
+)
+SELECT id FROM held
 """
 RELEASE = """
 UPDATE tenantry.tenantry_jobs AS j
