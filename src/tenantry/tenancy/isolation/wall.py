@@ -182,7 +182,10 @@ def ensure_database_wall(conn: Connection, store: Store) -> None:
     :func:`prepare` (``store.prepare_wall()``) before opening *conn* on the
     store database: preparing takes the DDL lock on a connection of its own.
     """
-    binder = prepare(store)
+    binder = prepare(store)  # first: it may take the store database's DDL lock itself
+    # Concurrent GRANTs on one object fail ("tuple concurrently updated"): two
+    # workers starting at once both run this for every tenant database.
+    ddl_lock(conn)
     if read_key(conn) != binder.key:
         install_wall(conn, binder.key)
     grant_wall(conn, store.session_grantee)
