@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 PIP_INSTALL = $(BIN)/python -m pip install --quiet
 
-.PHONY: demo test test-fast test-lowest core-install lock lint typecheck clean bench bench-smoke
+.PHONY: demo test test-fast test-lowest core-install lock lint typecheck clean bench bench-smoke bench-wall
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -96,6 +96,12 @@ $(PEERS_STAMP): benchmarks/requirements-peers.txt
 # Every system, 3 runs each, one table (and benchmarks/results/*.json).
 bench: $(STAMP) $(PEERS_STAMP)
 	$(BIN)/python benchmarks/suite.py --peers-python $(PEERS_VENV)/bin/python $(BENCH_ARGS)
+
+# What the PostgreSQL isolation wall costs: the code before it (a temporary git
+# worktree of a commit, --before) and this checkout, in turns, one table.
+WALL_ARGS ?=
+bench-wall: $(STAMP)
+	$(BIN)/python benchmarks/isolation_wall.py $(WALL_ARGS)
 
 # The benchmarks' smoke runs (benchmarks/suite.py --smoke: tenantry only, small
 # counts, one run; benchmarks/tenant_fairness.py --smoke), each checked by its
