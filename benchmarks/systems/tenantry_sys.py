@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -126,8 +126,10 @@ class TenantrySystem:
                     with tenant_context(tenants[0]):
                         queue.enqueue_many(args.kind, payloads)
                     return
-                # Many tenants: one enqueue_many per tenant, all in one transaction.
-                with t.global_session() as s:
+                # Many tenants: one enqueue_many per tenant, all in one transaction, on
+                # an admin connection (the jobs table's policy admits a session login's
+                # writes only for the tenant its transaction is bound to).
+                with Session(t.default_store.admin_engine()) as s:
                     conn = s.connection()
                     for i, tenant_id in enumerate(tenants):
                         with tenant_context(tenant_id):
@@ -184,7 +186,8 @@ def fill(dsn: str, n: int) -> None:
             " state, attempt, max_attempts, scheduled_at, attempted_at, finished_at, errors,"
             " created_at) SELECT 'bench', 'default', 'filler', jsonb_build_object('n', g), 0,"
         )
-        with t.global_session() as s:
+        # As the admin: the jobs table's policy keeps the session login to bound tenants.
+        with Session(t.default_store.admin_engine()) as s:
             s.execute(
                 text(
                     common + " 'completed', 1, 3, now() - interval '1 day',"
@@ -201,7 +204,7 @@ def fill(dsn: str, n: int) -> None:
                 {"n": n},
             )
             s.commit()
-        with t.default_store.engine().connect() as conn:
+        with t.default_store.admin_engine().connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT").execute(
                 text("VACUUM ANALYZE tenantry.tenantry_jobs")
             )
