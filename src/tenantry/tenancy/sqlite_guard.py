@@ -242,7 +242,10 @@ def _authorizer_setter(dbapi_conn: Any) -> Callable[[Callable[..., int]], None]:
     driver = dbapi_conn.driver_connection  # aiosqlite: sqlite3 lives in its own thread
 
     def set_on_driver(fn: Callable[..., int]) -> None:
-        dbapi_conn.await_(driver.set_authorizer(fn))
+        if hasattr(driver, "set_authorizer"):
+            dbapi_conn.await_(driver.set_authorizer(fn))
+        else:  # aiosqlite before 0.21 has no set_authorizer: run it in aiosqlite's thread
+            dbapi_conn.await_(driver._execute(driver._conn.set_authorizer, fn))
 
     return set_on_driver
 
