@@ -59,12 +59,11 @@ from typing import IO, Any
 
 import psycopg
 from bench_db import Server
+from queue_noop import Noop, registry
 from runner import percentile
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tenantry import (
-    JobContext,
-    JobRegistry,
     Queue,
     TenantBase,
     Tenantry,
@@ -95,19 +94,6 @@ class WallBenchRow(TenantBase):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     n: Mapped[int]
-
-
-@dataclass
-class Noop:
-    n: int
-
-
-registry = JobRegistry()
-
-
-@registry.handler("noop")
-async def noop(ctx: JobContext, payload: Noop) -> None:
-    return None
 
 
 def drop_roles(server: Server, db: str) -> list[str]:

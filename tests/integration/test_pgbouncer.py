@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import DBAPIError
 
 from tenantry import StoreConfig, Tenantry, TenantryConfig, tenant_context
@@ -32,7 +32,7 @@ from tenantry.queue.drivers.postgres import CLAIM_SESSION_SETTINGS
 from tenantry.tenancy.config import config_from_dict
 from tests.conftest import TenantryFactory
 from tests.integration.queue.handlers import Item, Recorder
-from tests.integration.queue.support import running, wait_until
+from tests.integration.queue.support import quick_worker, running, wait_until
 from tests.models import Product
 from tests.pgbouncer import PgBouncer, UrlViaPgBouncer
 
@@ -275,7 +275,7 @@ async def test_worker_runs_store_and_tenant_database_jobs_through_pgbouncer(
         return all(queue.admin.count_jobs(tenant_id=tid)["completed"] == 26 for tid in shared)
 
     caplog.set_level(logging.INFO, logger="tenantry")
-    worker = queue_worker(t, registry, fair=fair)
+    worker = quick_worker(t, registry, fair=fair)
     async with running(worker):
         tasks = [task.get_name() for task in worker.background_tasks()]
         assert tasks
@@ -297,26 +297,16 @@ async def test_worker_runs_store_and_tenant_database_jobs_through_pgbouncer(
     ]
 
 
-def queue_worker(t: Tenantry, registry: JobRegistry, **options: Any) -> Any:
-    from tenantry.queue import Worker, WorkerOptions
-
-    settings: dict[str, Any] = {
-        "concurrency": 4,
-        "poll_interval": 0.05,
-        "rescue_interval": 0.2,
-        "lease_seconds": 5.0,
-        "shutdown_grace": 5.0,
-    }
-    settings.update(options)
-    return Worker(t, registry, WorkerOptions(**settings))
-
-
-def test_claim_transactions_carry_the_claim_settings_locally(pooled: PooledFactory) -> None:
+def _pooled_claim_engine(pooled: PooledFactory) -> Engine:
+    """A pooled store with one shared tenant and its jobs table: the worker's claim engine."""
     t = pooled(pooler="transaction")
     t.create_tenant("acme", isolation="shared")
     Queue(t, JobRegistry()).setup()
-    store = t.store("default")
-    engine = queue_engines.claim_engine(store)
+    return queue_engines.claim_engine(t.store("default"))
+
+
+def test_claim_transactions_carry_the_claim_settings_locally(pooled: PooledFactory) -> None:
+    engine = _pooled_claim_engine(pooled)
     from tenantry.queue.drivers.postgres import PostgresDriver
 
     driver = PostgresDriver()
@@ -340,11 +330,7 @@ def test_claim_transactions_carry_the_claim_settings_locally(pooled: PooledFacto
 
 
 def test_claim_transaction_rolls_back_on_error(pooled: PooledFactory) -> None:
-    t = pooled(pooler="transaction")
-    t.create_tenant("acme", isolation="shared")
-    Queue(t, JobRegistry()).setup()
-    store = t.store("default")
-    engine = queue_engines.claim_engine(store)
+    engine = _pooled_claim_engine(pooled)
     from tenantry.queue.drivers.postgres import PostgresDriver
 
     driver = PostgresDriver()

@@ -97,17 +97,7 @@ class Env:
         observer: WorkerObserver | None = None,
         **options: Any,
     ) -> Worker:
-        settings: dict[str, Any] = {
-            "concurrency": 4,
-            "poll_interval": 0.05,
-            "rescue_interval": 0.2,
-            "lease_seconds": 5.0,
-            "shutdown_grace": 5.0,
-        }
-        settings.update(options)
-        return Worker(
-            self.t, registry or self.registry, WorkerOptions(**settings), observer=observer
-        )
+        return quick_worker(self.t, registry or self.registry, observer=observer, **options)
 
     # -- direct SQL, as the worker would issue it -------------------------------------
     def source(self, tenant_id: str) -> JobSource:
@@ -194,3 +184,22 @@ def seconds_between(later: datetime | None, earlier: datetime | None) -> float:
     assert later is not None
     assert earlier is not None
     return (later - earlier).total_seconds()
+
+
+def quick_worker(
+    t: Tenantry,
+    registry: JobRegistry,
+    *,
+    observer: WorkerObserver | None = None,
+    **options: Any,
+) -> Worker:
+    """A worker with the suite's short intervals (polling, rescue, lease, grace)."""
+    settings: dict[str, Any] = {
+        "concurrency": 4,
+        "poll_interval": 0.05,
+        "rescue_interval": 0.2,
+        "lease_seconds": 5.0,
+        "shutdown_grace": 5.0,
+    }
+    settings.update(options)
+    return Worker(t, registry, WorkerOptions(**settings), observer=observer)
